@@ -1,0 +1,1 @@
+"""The eval suite: ground-truth scenarios, scorers and the runner."""

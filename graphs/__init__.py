@@ -1,0 +1,1 @@
+"""Focus-area agents: one LangGraph graph per focus area."""

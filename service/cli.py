@@ -1,0 +1,372 @@
+"""The `finmatch` command line: seed, load, metrics and guarded SQL.
+
+Exit codes: 0 success, 1 an error the message explains (missing warehouse, bad file),
+2 bad usage or a query the SQL guard rejected (the reason is on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tools import generator
+from tools.evidence import Evidence
+from tools.settings import WarehouseSettings
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error to print on stderr, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        """Keep the message and exit code."""
+        super().__init__(message)
+        self.code = code
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _warehouse_url(args: argparse.Namespace) -> str:
+    return args.warehouse or WarehouseSettings().finmatch_warehouse
+
+
+def _duckdb_target(args: argparse.Namespace, command: str) -> Path:
+    from tools.warehouse import duckdb_path
+
+    url = _warehouse_url(args)
+    if not url.startswith("duckdb://"):
+        raise CliError(
+            f"`finmatch {command}` writes the embedded DuckDB warehouse, but the warehouse is "
+            f"{url}. Pass --warehouse duckdb:///path/to/file.duckdb; a Databricks table is "
+            "filled by the Fivetran connector.",
+            EXIT_USAGE,
+        )
+    return duckdb_path(url)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from tools.warehouse import open_warehouse
+
+    return open_warehouse(_warehouse_url(args))
+
+
+# -- formatting ---------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.2f}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in cells:
+        out.append(
+            "  ".join(
+                v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths, strict=True)
+            )
+        )
+    return "\n".join(out)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "", 1).replace("-", "", 1).isdigit()
+
+
+_KPI_LABELS = {
+    "records": "Records",
+    "avg_recommendation_score": "Avg recommendation score",
+    "avg_satisfaction_score": "Avg customer satisfaction",
+    "avg_churn_probability": "Avg churn probability",
+    "total_product_sales": "Total product sales",
+    "acceptance_rate": "Recommendation acceptance rate",
+}
+_FINANCIAL_LABELS = {
+    "avg_transaction_value": "Avg transaction value",
+    "avg_account_balance": "Avg account balance",
+    "avg_transaction_count": "Avg transaction count",
+    "total_transaction_count": "Total transactions",
+}
+_DIMENSIONS = {
+    "recommendation_status": "Recommendation status",
+    "affinity_band": "Product affinity",
+    "lifecycle_stage": "Customer lifecycle stage",
+    "product_type": "Top product types",
+    "customer_segment": "Top customer segments",
+}
+
+
+def render_dashboard(evidence: dict[str, Evidence], scope: str) -> str:
+    """Return the dashboard metrics as text for a terminal."""
+    kpis = evidence["kpis"].rows[0] if evidence["kpis"].rows else {}
+    out = [f"FinMatch dashboard ({scope}; {evidence['kpis'].warehouse})", ""]
+    for title, labels in (
+        ("Key performance indicators", _KPI_LABELS),
+        ("Financial metrics", _FINANCIAL_LABELS),
+    ):
+        out.append(title)
+        width = max(len(v) for v in labels.values())
+        for key, label in labels.items():
+            out.append(f"  {label.ljust(width)}  {_fmt(kpis.get(key))}")
+        out.append("")
+    rows = evidence["distributions"].rows
+    for dim, title in _DIMENSIONS.items():
+        part = [r for r in rows if r["dimension"] == dim]
+        if not part:
+            continue
+        out.append(title)
+        width = max(len(str(r["value"])) for r in part)
+        for r in part:
+            bar = "#" * round(40 * (r["share"] or 0))
+            value, share = str(r["value"]).ljust(width), 100 * r["share"]
+            out.append(f"  {value}  {r['records']:>12,}  {share:5.1f}%  {bar}")
+        out.append("")
+    ms = sum(e.elapsed_ms for e in evidence.values())
+    out.append(f"{len(evidence)} queries, {ms:,.0f} ms in the warehouse.")
+    return "\n".join(out)
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Generate the synthetic table."""
+    from tools.ingest import seed_table
+
+    path = _duckdb_target(args, "seed")
+    try:
+        generator.check_rows(args.rows)
+        generator.check_seed(args.seed)
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    _err(f"Generating {args.rows:,} synthetic records (seed {args.seed}) into {path} ...")
+    result = seed_table(path, rows=args.rows, seed=args.seed, progress=sys.stderr.isatty())
+    _out(f"Seeded {result.rows:,} records into {path} in {result.elapsed_s:.1f} s.")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load a CSV or Parquet file."""
+    from tools.ingest import LoadError, load_file
+
+    path = _duckdb_target(args, "load")
+    _err(f"Validating and loading {args.file} into {path} ...")
+    try:
+        result = load_file(path, Path(args.file), progress=sys.stderr.isatty())
+    except LoadError as e:
+        raise CliError(str(e)) from e
+    _out(
+        f"Loaded {result.rows:,} records from {args.file} into {path} in {result.elapsed_s:.1f} s."
+    )
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from tools.metrics import Filters
+
+    try:
+        return Filters(
+            segment=args.segment,
+            lifecycle_stage=args.stage,
+            product_type=args.product_type,
+            date_from=args.date_from,
+            date_to=args.date_to,
+        )
+    except ValidationError as e:
+        raise CliError("; ".join(err["msg"] for err in e.errors()), EXIT_USAGE) from e
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Print the dashboard metrics (or one catalog metric)."""
+    from tools.metrics import CATALOG, dashboard, run_metric
+
+    filters = _filters(args)
+    if args.list:
+        for m in CATALOG.values():
+            _out(f"{m.id:28} {m.title}")
+        return 0
+    warehouse = _open(args)
+    try:
+        if args.metric:
+            if args.metric not in CATALOG:
+                raise CliError(
+                    f"No metric {args.metric!r}; choose one of: {', '.join(CATALOG)}", EXIT_USAGE
+                )
+            ev = run_metric(warehouse, args.metric, filters)
+            _out(
+                ev.model_dump_json(indent=2)
+                if args.json
+                else f"{ev.title}\n\n{_table(ev.columns, ev.rows)}"
+            )
+            return 0
+        result = dashboard(warehouse, filters)
+    finally:
+        warehouse.close()
+    if args.json:
+        _out(json.dumps({k: v.model_dump() for k, v in result.items()}, indent=2, default=str))
+    else:
+        _out(render_dashboard(result, filters.describe()))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one guarded read-only query."""
+    from tools.guard import GuardRejection, run_sql
+
+    settings = WarehouseSettings()
+    warehouse = _open(args)
+    try:
+        ev = run_sql(
+            warehouse,
+            args.query,
+            row_cap=args.max_rows or settings.finmatch_sql_row_cap,
+            timeout_s=args.timeout or settings.finmatch_sql_timeout_s,
+        )
+    except GuardRejection as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    finally:
+        warehouse.close()
+    if args.json:
+        _out(ev.model_dump_json(indent=2))
+    else:
+        _out(_table(ev.columns, ev.rows))
+        note = (
+            f" (cut at the row cap of {args.max_rows or settings.finmatch_sql_row_cap})"
+            if ev.truncated
+            else ""
+        )
+        _err(f"{ev.row_count:,} row(s){note}, {ev.elapsed_ms:,.0f} ms.")
+    return 0
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--warehouse",
+        metavar="URL",
+        help="warehouse URL (default: FINMATCH_WAREHOUSE, else the embedded "
+        "duckdb:///<project>/.finmatch/fpr.duckdb); databricks:// uses DATABRICKS_* and UC_*",
+    )
+    scope = argparse.ArgumentParser(add_help=False)
+    scope.add_argument("--segment", help="only this customer_segment, e.g. Retail")
+    scope.add_argument("--stage", help="only this customer_lifecycle_stage, e.g. Engaged")
+    scope.add_argument("--product-type", help="only this product_type, e.g. Mortgage")
+    scope.add_argument("--date-from", type=_date, help="recommendations on or after YYYY-MM-DD")
+    scope.add_argument("--date-to", type=_date, help="recommendations on or before YYYY-MM-DD")
+
+    parser = argparse.ArgumentParser(
+        prog="finmatch",
+        description="FinMatch Agents: bank product-matching analytics over fpr_records.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "seed",
+        parents=[common],
+        help="generate synthetic fpr_records",
+        description="Replace fpr_records in the embedded warehouse with "
+        "deterministic synthetic data (see tools/generator.py for what is planted).",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=generator.DEFAULT_ROWS,
+        help="records to generate (default %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=generator.DEFAULT_SEED, help="random seed (default %(default)s)"
+    )
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser(
+        "load",
+        parents=[common],
+        help="load a CSV or Parquet file",
+        description="Validate FILE against the fpr_records schema and, if it "
+        "passes, replace the table with it in one transaction. A bad file is "
+        "rejected with every problem listed and the table is left as it was.",
+    )
+    p.add_argument("file", metavar="FILE", help="a .csv (with a header row) or .parquet file")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser(
+        "metrics",
+        parents=[common, scope],
+        help="print the dashboard metrics",
+        description="Print the KPIs, financial metrics and distributions, all "
+        "computed in the warehouse; or one catalog metric with --metric.",
+    )
+    p.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    p.add_argument("--metric", metavar="ID", help="run one catalog metric instead of the dashboard")
+    p.add_argument("--list", action="store_true", help="list the catalog metrics and exit")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser(
+        "sql",
+        parents=[common],
+        help="run one guarded read-only query",
+        description="Run one SELECT over fpr_records (DuckDB SQL). The SQL "
+        "guard rejects anything else with exit code 2 and the reason on stderr.",
+    )
+    p.add_argument(
+        "query",
+        metavar="SQL",
+        help='e.g. "SELECT customer_segment, count(*) FROM fpr_records GROUP BY 1"',
+    )
+    p.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    p.add_argument("--max-rows", type=int, help="row cap (default FINMATCH_SQL_ROW_CAP or 1000)")
+    p.add_argument("--timeout", type=float, help="statement timeout in seconds (default 30)")
+    p.set_defaults(func=cmd_sql)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    from tools.ingest import WarehouseBusy
+    from tools.warehouse import WarehouseError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as e:
+        _err(f"error: {e}")
+        return e.code
+    except (WarehouseError, WarehouseBusy) as e:
+        _err(f"error: {e}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was changed")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

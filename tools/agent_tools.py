@@ -1,0 +1,83 @@
+"""LangChain tools over the warehouse: describe the table, list and run metrics, run SQL.
+
+Recoverable failures (a guard rejection, an unknown metric, a bad parameter, a timeout)
+come back as text the model can act on; anything else is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langchain_core.tools import BaseTool, tool
+
+from tools.evidence import Evidence
+from tools.guard import GuardRejection, run_sql
+from tools.metrics import CATALOG, Filters, UnknownMetric, run_metric
+from tools.schema import TABLE, markdown_table
+from tools.warehouse import QueryTimeout, Warehouse, WarehouseError
+
+# Rows shown to a model per result: enough to read a breakdown, small enough for a prompt.
+MAX_ROWS_TO_MODEL = 50
+
+
+def evidence_text(evidence: Evidence, max_rows: int = MAX_ROWS_TO_MODEL) -> str:
+    """Return Evidence as compact JSON for a model, rows cut to `max_rows`."""
+    shown = evidence.rows[:max_rows]
+    body: dict[str, Any] = {
+        "metric_id": evidence.metric_id,
+        "title": evidence.title,
+        "parameters": evidence.parameters,
+        "row_count": evidence.row_count,
+        "truncated": evidence.truncated or len(shown) < len(evidence.rows),
+        "rows": shown,
+    }
+    return json.dumps(body, default=str)
+
+
+def build_tools(
+    warehouse: Warehouse,
+    *,
+    filters: Filters | None = None,
+    row_cap: int = 200,
+    timeout_s: float = 30.0,
+) -> list[BaseTool]:
+    """Return the data tools bound to `warehouse`; metric runs use `filters` by default."""
+    scope = filters or Filters()
+
+    @tool
+    def describe_table() -> str:
+        """Describe the fpr_records table: its columns, types and meaning."""
+        return f"Table {TABLE} (one row per product recommendation):\n{markdown_table()}"
+
+    @tool
+    def list_metrics() -> str:
+        """List the catalog metrics with their ids, descriptions and parameters."""
+        lines = []
+        for m in CATALOG.values():
+            params = "; ".join(f"{k} (default {d}): {doc}" for k, (d, doc) in m.parameters.items())
+            lines.append(
+                f"- {m.id}: {m.title}. {m.description}"
+                + (f" Parameters: {params}" if params else "")
+            )
+        return "\n".join(lines)
+
+    @tool
+    def run_catalog_metric(metric_id: str, parameters: dict[str, Any] | None = None) -> str:
+        """Run a catalog metric by id (see list_metrics) within the analysis scope."""
+        try:
+            return evidence_text(run_metric(warehouse, metric_id, scope, parameters))
+        except (UnknownMetric, ValueError, QueryTimeout) as e:
+            return f"Error: {e.args[0] if isinstance(e, UnknownMetric) else e}"
+
+    @tool
+    def run_guarded_sql(sql: str) -> str:
+        """Run one read-only SELECT over fpr_records (DuckDB SQL) and return its rows."""
+        try:
+            return evidence_text(run_sql(warehouse, sql, row_cap=row_cap, timeout_s=timeout_s))
+        except GuardRejection as e:
+            return f"Error: {e}"
+        except WarehouseError as e:
+            return f"Error: {e}. Fix the query and try again."
+
+    return [describe_table, list_metrics, run_catalog_metric, run_guarded_sql]

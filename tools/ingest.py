@@ -1,0 +1,237 @@
+"""Data in: fill the embedded warehouse's `fpr_records` from the generator or a file.
+
+Both paths build the new table under a staging name and swap it in with one transaction,
+so a failed or interrupted seed or load leaves the existing table exactly as it was.
+A file is validated against the schema first and rejected with every problem listed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tools import generator
+from tools.schema import (
+    BY_NAME,
+    COLUMN_NAMES,
+    COLUMNS,
+    PRIMARY_KEY,
+    SYSTEM_COLUMNS,
+    TABLE,
+    create_table_sql,
+)
+
+STAGING = f"{TABLE}__staging"
+# How many example values and duplicate ids a load error shows per problem.
+_EXAMPLES = 3
+
+
+class LoadError(Exception):
+    """A file did not match the schema; `problems` lists every reason."""
+
+    def __init__(self, source: Path, problems: list[str]) -> None:
+        """Keep the file and its problems; the message lists them all."""
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{source} was not loaded ({len(problems)} problem{'s' if len(problems) > 1 else ''}); "
+            f"the existing {TABLE} table is unchanged:\n{lines}"
+        )
+
+
+class WarehouseBusy(Exception):
+    """The warehouse file is open elsewhere for writing."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of a seed or load: the table now holds `rows` rows."""
+
+    path: Path
+    rows: int
+    elapsed_s: float
+
+
+@contextmanager
+def _writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.IOException as e:
+        raise WarehouseBusy(
+            f"Cannot write {path}: {e}. Another process (the service, a sync or another "
+            "seed) has it open; stop it or wait, then try again."
+        ) from e
+    try:
+        if progress:
+            con.execute("SET enable_progress_bar = true")
+        yield con
+    finally:
+        con.close()
+
+
+def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
+    """Build the staging table with `fill`, then replace `fpr_records` with it atomically."""
+    con.execute(f"DROP TABLE IF EXISTS {STAGING}")
+    try:
+        fill()
+        count = con.execute(f"SELECT count(*) FROM {STAGING}").fetchone()
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        con.execute(f"ALTER TABLE {STAGING} RENAME TO {TABLE}")
+        con.execute("COMMIT")
+    except BaseException:
+        # Whatever failed (a bad file, Ctrl-C mid-insert), the old table stays untouched.
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        con.execute(f"DROP TABLE IF EXISTS {STAGING}")
+        raise
+    con.execute("CHECKPOINT")
+    return int(count[0]) if count else 0
+
+
+def seed_table(
+    path: Path,
+    *,
+    rows: int = generator.DEFAULT_ROWS,
+    seed: int = generator.DEFAULT_SEED,
+    relationships: generator.Relationships | None = None,
+    progress: bool = False,
+) -> WriteResult:
+    """Replace `fpr_records` in the DuckDB file at `path` with generated data."""
+    select = generator.select_sql(rows, seed, relationships)
+    started = time.perf_counter()
+    with _writer(path, progress=progress) as con:
+        for statement in generator.setup_sql(rows, seed):
+            con.execute(statement)
+
+        def fill() -> None:
+            con.execute(create_table_sql(STAGING))
+            con.execute(f"INSERT INTO {STAGING} {select}")
+            con.execute("DROP TABLE fm_ids")
+
+        count = _swap_in(con, fill)
+    return WriteResult(path, count, time.perf_counter() - started)
+
+
+def _reader_sql(source: Path) -> str:
+    name = source.name.lower()
+    literal = "'" + str(source).replace("'", "''") + "'"
+    if name.endswith((".parquet", ".pq")):
+        return f"read_parquet({literal})"
+    if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        return f"read_csv({literal}, all_varchar = true, header = true)"
+    raise LoadError(
+        source, [f"unsupported file type {source.suffix!r}: use a .csv or .parquet file"]
+    )
+
+
+def _validate(con: duckdb.DuckDBPyConnection, source: Path, file_columns: list[str]) -> None:
+    """Raise LoadError listing every way the raw table differs from the schema."""
+    problems: list[str] = []
+    present = set(file_columns)
+    missing = [c for c in COLUMN_NAMES if c not in present]
+    if missing:
+        problems.append("missing columns: " + ", ".join(missing))
+    unknown = [c for c in file_columns if c not in BY_NAME and c not in SYSTEM_COLUMNS]
+    if unknown:
+        problems.append("unexpected columns (not in the fpr_records schema): " + ", ".join(unknown))
+    total_row = con.execute("SELECT count(*) FROM fm_raw").fetchone()
+    total = int(total_row[0]) if total_row else 0
+    if total == 0:
+        problems.append("the file has no data rows")
+
+    checks: list[tuple[str, str, str]] = []  # (column, kind, detail)
+    exprs: list[str] = []
+    for col in COLUMNS:
+        if col.name not in present:
+            continue
+        text = f"NULLIF(trim(CAST(\"{col.name}\" AS VARCHAR)), '')"
+        if not col.nullable:
+            exprs.append(f"count(*) FILTER (WHERE {text} IS NULL)")
+            exprs.append(f"min(fm_row) FILTER (WHERE {text} IS NULL)")
+            exprs.append("NULL")
+            checks.append((col.name, "empty", ""))
+        if col.type != "string":
+            bad = f"{text} IS NOT NULL AND TRY_CAST({text} AS {col.sql_type}) IS NULL"
+            exprs.append(f"count(*) FILTER (WHERE {bad})")
+            exprs.append(f"min(fm_row) FILTER (WHERE {bad})")
+            exprs.append(f"any_value({text}) FILTER (WHERE {bad})")
+            checks.append((col.name, "type", col.type))
+    if exprs and total:
+        values = con.execute(f"SELECT {', '.join(exprs)} FROM fm_raw").fetchone() or ()
+        for i, (name, kind, detail) in enumerate(checks):
+            count, first_row, example = values[3 * i : 3 * i + 3]
+            if not count:
+                continue
+            if kind == "empty":
+                problems.append(
+                    f"column {name}: {count} empty value(s), first at data row {first_row}"
+                )
+            else:
+                problems.append(
+                    f"column {name}: {count} value(s) that are not {detail}, e.g. {example!r} "
+                    f"at data row {first_row}"
+                )
+    if PRIMARY_KEY in present and total:
+        dup = con.execute(
+            f"SELECT {PRIMARY_KEY}, count(*) AS n FROM fm_raw WHERE {PRIMARY_KEY} IS NOT NULL "
+            f"GROUP BY 1 HAVING count(*) > 1 ORDER BY n DESC, 1 LIMIT {_EXAMPLES}"
+        ).fetchall()
+        if dup:
+            dup_total = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM fm_raw WHERE {PRIMARY_KEY} IS NOT NULL "
+                f"GROUP BY {PRIMARY_KEY} HAVING count(*) > 1)"
+            ).fetchone()
+            shown = ", ".join(f"{rid!r} ({n}x)" for rid, n in dup)
+            problems.append(
+                f"column {PRIMARY_KEY}: {dup_total[0] if dup_total else len(dup)} duplicated "
+                f"id(s), e.g. {shown}"
+            )
+    if problems:
+        raise LoadError(source, problems)
+
+
+def load_file(path: Path, source: Path, *, progress: bool = False) -> WriteResult:
+    """Replace `fpr_records` in the DuckDB file at `path` with the rows of a CSV/Parquet file."""
+    source = Path(source)
+    if not source.is_file():
+        raise LoadError(source, [f"no such file: {source}"])
+    reader = _reader_sql(source)
+    started = time.perf_counter()
+    with _writer(path, progress=progress) as con:
+        try:
+            con.execute(
+                "CREATE TEMP TABLE fm_raw AS "
+                f"SELECT *, row_number() OVER () AS fm_row FROM {reader}"
+            )
+        except duckdb.Error as e:
+            raise LoadError(source, [f"the file could not be read: {e}"]) from e
+        described = con.execute("SELECT * FROM fm_raw LIMIT 0").description or []
+        file_columns = [d[0] for d in described if d[0] != "fm_row"]
+        _validate(con, source, file_columns)
+        system = [c for c in SYSTEM_COLUMNS if c in file_columns]
+
+        def fill() -> None:
+            con.execute(create_table_sql(STAGING))
+            for col in system:
+                con.execute(f"ALTER TABLE {STAGING} ADD COLUMN {col} {SYSTEM_COLUMNS[col]}")
+            casts: list[Any] = [
+                f"CAST(NULLIF(trim(CAST(\"{c.name}\" AS VARCHAR)), '') AS {c.sql_type})"
+                for c in COLUMNS
+            ]
+            casts += [f"CAST({c} AS {SYSTEM_COLUMNS[c]})" for c in system]
+            names = ", ".join([*COLUMN_NAMES, *system])
+            con.execute(f"INSERT INTO {STAGING} ({names}) SELECT {', '.join(casts)} FROM fm_raw")
+
+        count = _swap_in(con, fill)
+    return WriteResult(path, count, time.perf_counter() - started)

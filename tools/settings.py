@@ -1,0 +1,44 @@
+"""Settings for data access, read from the environment (and a `.env` file).
+
+The Databricks variables keep the names the FinMatch deployment already uses
+(`DATABRICKS_HOST`, `DATABRICKS_SQL_HTTP_PATH`, `DATABRICKS_TOKEN`, `UC_CATALOG`,
+`UC_SCHEMA`, `UC_TABLE`), so an existing environment works unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def project_home() -> Path:
+    """Return the folder holding local state (`.finmatch/`): the project root, else the cwd."""
+    root = Path(__file__).resolve().parents[1]
+    base = root if (root / "pyproject.toml").exists() else Path.cwd()
+    return base / ".finmatch"
+
+
+def default_warehouse_url() -> str:
+    """Return the URL of the embedded DuckDB warehouse."""
+    return f"duckdb:///{project_home() / 'fpr.duckdb'}"
+
+
+class WarehouseSettings(BaseSettings):
+    """Where `fpr_records` lives and how guarded queries are bounded."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    finmatch_warehouse: str = Field(
+        default_factory=default_warehouse_url,
+        description="Warehouse URL: duckdb:///path/to/file.duckdb or databricks://",
+    )
+    databricks_host: str | None = Field(None, description="Workspace URL or host name")
+    databricks_sql_http_path: str | None = Field(None, description="SQL warehouse HTTP path")
+    databricks_token: SecretStr | None = Field(None, description="Personal access token")
+    uc_catalog: str | None = Field(None, description="Unity Catalog catalog of fpr_records")
+    uc_schema: str | None = Field(None, description="Unity Catalog schema of fpr_records")
+    uc_table: str = Field("fpr_records", description="Unity Catalog table name")
+    finmatch_sql_row_cap: int = Field(1000, ge=1, le=100_000, description="Rows per ad-hoc query")
+    finmatch_sql_timeout_s: float = Field(30.0, gt=0, description="Statement timeout, seconds")

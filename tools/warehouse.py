@@ -1,0 +1,289 @@
+"""The `Warehouse` interface over `fpr_records`, and its backend chosen by URL.
+
+Queries are written once, in DuckDB's dialect, against the bare name `fpr_records`.
+`Warehouse.run` points that name at the real table (qualified for Unity Catalog, rows
+deleted at the source filtered out, Fivetran's own columns hidden), transpiles the
+statement with sqlglot to the backend's dialect, binds named parameters (`:name`),
+enforces a row cap and a statement timeout, and returns what ran and what came back.
+
+Backends: `duckdb:///path/file.duckdb` (embedded, the default) and `databricks://`
+(a Databricks SQL warehouse reading Unity Catalog; see `tools.databricks`).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from tools.schema import COLUMN_NAMES, FIVETRAN_DELETED, TABLE
+from tools.settings import WarehouseSettings
+
+CANONICAL_DIALECT = "duckdb"
+
+
+class WarehouseError(Exception):
+    """A query or connection failed for a reason the user can act on."""
+
+
+class WarehouseNotFound(WarehouseError):
+    """The configured warehouse or its `fpr_records` table does not exist."""
+
+
+class QueryTimeout(WarehouseError):
+    """A statement ran past its timeout and was interrupted."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What one statement returned, and the statement that actually ran."""
+
+    sql: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+    elapsed_ms: float
+
+
+class Warehouse(abc.ABC):
+    """Read access to `fpr_records` in one backend."""
+
+    dialect: str = CANONICAL_DIALECT
+    url: str
+
+    def __init__(self) -> None:
+        """Start with the table's column list unknown (it is read on first use)."""
+        self._columns: list[str] | None = None
+        self._lock = threading.Lock()
+
+    # -- backend hooks -------------------------------------------------------------
+    @abc.abstractmethod
+    def source_table(self) -> exp.Table:
+        """Return the fully qualified table that holds `fpr_records`."""
+
+    @abc.abstractmethod
+    def _execute(
+        self, sql: str, params: Mapping[str, Any], max_rows: int | None, timeout_s: float
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """Run `sql` (already in the backend dialect); return columns, rows, truncated."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need no close
+        """Release connections."""
+
+    # -- shared behaviour ------------------------------------------------------------
+    def table_columns(self) -> list[str]:
+        """Return the columns the physical table has (schema columns plus any system ones)."""
+        if self._columns is None:
+            with self._lock:
+                if self._columns is None:
+                    sql = exp.select("*").from_(self.source_table()).limit(0).sql(self.dialect)
+                    cols, _, _ = self._execute(sql, {}, 0, 30.0)
+                    self._columns = cols
+        return self._columns
+
+    def has_deleted_flag(self) -> bool:
+        """Return whether the table carries Fivetran's soft-delete column."""
+        return FIVETRAN_DELETED in self.table_columns()
+
+    def live_relation(self, alias: str = TABLE) -> exp.Expr:
+        """Return the relation a query's `fpr_records` is replaced with."""
+        source = self.source_table()
+        physical = self.table_columns()
+        extra = [c for c in physical if c not in COLUMN_NAMES]
+        if not extra and source.name == TABLE and not source.args.get("db"):
+            return exp.to_table(TABLE).as_(alias) if alias != TABLE else exp.to_table(TABLE)
+        if not extra:
+            return source.copy().as_(alias)
+        live = exp.select(*[c for c in COLUMN_NAMES if c in physical]).from_(source.copy())
+        if FIVETRAN_DELETED in physical:
+            # A row deleted at the source never counts anywhere.
+            live = live.where(f"COALESCE({FIVETRAN_DELETED}, FALSE) = FALSE")
+        return live.subquery(alias)
+
+    def render(self, query: str | exp.Expr) -> str:
+        """Return `query` pointed at the live table, in this backend's dialect."""
+        tree = sqlglot.parse_one(query, read=CANONICAL_DIALECT) if isinstance(query, str) else query
+        tree = tree.copy()
+        ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+        for table in list(tree.find_all(exp.Table)):
+            if (
+                table.name.lower() == TABLE
+                and not table.args.get("db")
+                and TABLE not in ctes
+                and isinstance(table.this, exp.Identifier)
+            ):
+                table.replace(self.live_relation(table.alias_or_name))
+        return tree.sql(self.dialect)
+
+    def run(
+        self,
+        query: str | exp.Expr,
+        params: Mapping[str, Any] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout_s: float = 60.0,
+    ) -> QueryResult:
+        """Run a canonical-dialect query against the live `fpr_records`."""
+        sql = self.render(query)
+        started = time.perf_counter()
+        columns, rows, truncated = self._execute(sql, dict(params or {}), max_rows, timeout_s)
+        elapsed = (time.perf_counter() - started) * 1000
+        return QueryResult(sql, columns, rows, truncated, round(elapsed, 3))
+
+
+@contextmanager
+def statement_timeout(timeout_s: float, cancel: Any) -> Iterator[threading.Event]:
+    """Call `cancel()` if the block runs longer than `timeout_s`; yield an Event set if it did."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        cancel()
+
+    timer = threading.Timer(timeout_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
+def fetch_capped(cursor: Any, max_rows: int | None) -> tuple[list[tuple[Any, ...]], bool]:
+    """Fetch at most `max_rows` rows from `cursor`; report whether more were there."""
+    if max_rows is None:
+        return [tuple(r) for r in cursor.fetchall()], False
+    rows = [tuple(r) for r in cursor.fetchmany(max_rows + 1)] if max_rows >= 0 else []
+    return rows[:max_rows], len(rows) > max_rows
+
+
+class DuckDBWarehouse(Warehouse):
+    """`fpr_records` in a DuckDB file, opened read-only with external access switched off."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path) -> None:
+        """Open `path` read-only; fail clearly if it does not exist."""
+        super().__init__()
+        import duckdb
+
+        self.path = Path(path)
+        self.url = f"duckdb:///{self.path}"
+        if not self.path.exists():
+            raise WarehouseNotFound(
+                f"No warehouse file at {self.path}. Create it with `finmatch seed` "
+                "(synthetic data) or `finmatch load FILE`, or point FINMATCH_WAREHOUSE "
+                "(or --warehouse) at an existing one."
+            )
+        try:
+            # Read-only is not enough on its own (COPY ... TO, read_csv and ATTACH still
+            # run): external access off and the configuration locked make the connection
+            # a second wall behind the SQL guard.
+            self._con = duckdb.connect(
+                str(self.path),
+                read_only=True,
+                config={"enable_external_access": False, "lock_configuration": True},
+            )
+        except duckdb.Error as e:
+            raise WarehouseError(
+                f"Cannot open the warehouse file {self.path}: {e}. If another process is "
+                "writing it (a seed, load or sync), wait for it to finish."
+            ) from e
+        tables = self._con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+        ).fetchone()
+        if not tables or not tables[0]:
+            self._con.close()
+            raise WarehouseNotFound(
+                f"The warehouse file {self.path} has no {TABLE} table. "
+                "Create it with `finmatch seed` or `finmatch load FILE`."
+            )
+
+    def source_table(self) -> exp.Table:
+        """Return the bare table name: the file holds `fpr_records` in its main schema."""
+        return exp.to_table(TABLE)
+
+    def _execute(
+        self, sql: str, params: Mapping[str, Any], max_rows: int | None, timeout_s: float
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        import duckdb
+
+        cursor = self._con.cursor()
+        try:
+            with statement_timeout(timeout_s, cursor.interrupt) as fired:
+                try:
+                    cursor.execute(sql, dict(params) if params else None)
+                    columns = [d[0] for d in cursor.description or []]
+                    rows, truncated = fetch_capped(cursor, max_rows)
+                except duckdb.InterruptException as e:
+                    if fired.is_set():
+                        raise QueryTimeout(
+                            f"The query ran longer than {timeout_s:g} s and was stopped. "
+                            "Narrow it (filters, fewer groups) or raise the timeout."
+                        ) from e
+                    raise
+                except duckdb.Error as e:
+                    raise WarehouseError(f"The warehouse rejected the query: {e}") from e
+        finally:
+            cursor.close()
+        return columns, rows, truncated
+
+    def close(self) -> None:
+        """Close the read-only connection."""
+        self._con.close()
+
+
+def duckdb_path(url: str) -> Path:
+    """Return the file path of a `duckdb://` URL (`duckdb:///abs/path` or `duckdb://rel`)."""
+    rest = url[len("duckdb://") :]
+    if not rest:
+        raise WarehouseError(
+            "A duckdb:// warehouse URL needs a file path, e.g. duckdb:///data/fpr.duckdb"
+        )
+    return Path(rest).expanduser()
+
+
+def open_warehouse(url: str | None = None, settings: WarehouseSettings | None = None) -> Warehouse:
+    """Open the warehouse at `url` (default: the FINMATCH_WAREHOUSE setting)."""
+    settings = settings or WarehouseSettings()
+    url = url or settings.finmatch_warehouse
+    if url.startswith("duckdb://"):
+        return DuckDBWarehouse(duckdb_path(url))
+    if url.startswith("databricks://"):
+        from tools.databricks import DatabricksWarehouse
+
+        return DatabricksWarehouse.from_url(url, settings)
+    raise WarehouseError(
+        f"Unsupported warehouse URL {url!r}. Use duckdb:///path/to/file.duckdb for the "
+        "embedded warehouse or databricks:// for a Databricks SQL warehouse "
+        "(configured by DATABRICKS_HOST, DATABRICKS_SQL_HTTP_PATH, DATABRICKS_TOKEN, "
+        "UC_CATALOG, UC_SCHEMA, UC_TABLE)."
+    )
+
+
+def json_value(value: Any) -> Any:
+    """Return `value` as a JSON-friendly scalar (dates as ISO text, decimals as floats)."""
+    import datetime
+    import decimal
+    import math
+
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, datetime.date | datetime.datetime):
+        return value.isoformat()
+    return value
+
+
+def as_records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Return rows as JSON-friendly dicts keyed by column name."""
+    return [{c: json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
