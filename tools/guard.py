@@ -86,6 +86,10 @@ ALLOWED_FUNCTIONS = frozenset(
         "FirstValue",
         "LastValue",
         "NthValue",
+        # boolean operators (sqlglot models these as functions too)
+        "And",
+        "Or",
+        "Xor",
         # conditionals and casts
         "Case",
         "If",

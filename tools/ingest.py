@@ -70,8 +70,8 @@ def _writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyCo
             "seed) has it open; stop it or wait, then try again."
         ) from e
     try:
-        if progress:
-            con.execute("SET enable_progress_bar = true")
+        # DuckDB's own progress bar: real progress of the insert, shown only to a terminal.
+        con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         yield con
     finally:
         con.close()

@@ -42,3 +42,6 @@ class WarehouseSettings(BaseSettings):
     uc_table: str = Field("fpr_records", description="Unity Catalog table name")
     finmatch_sql_row_cap: int = Field(1000, ge=1, le=100_000, description="Rows per ad-hoc query")
     finmatch_sql_timeout_s: float = Field(30.0, gt=0, description="Statement timeout, seconds")
+    finmatch_duckdb_memory_limit: str = Field(
+        "1GB", description="Memory the embedded warehouse may use for caching and queries"
+    )

@@ -170,8 +170,13 @@ class DuckDBWarehouse(Warehouse):
 
     dialect = "duckdb"
 
-    def __init__(self, path: str | Path) -> None:
-        """Open `path` read-only; fail clearly if it does not exist."""
+    def __init__(self, path: str | Path, *, memory_limit: str = "1GB") -> None:
+        """Open `path` read-only; fail clearly if it does not exist.
+
+        `memory_limit` bounds DuckDB's buffer pool, which otherwise keeps every block it
+        has read cached (up to 80% of RAM): with it, memory stays flat however large the
+        table grows, and big aggregations spill instead.
+        """
         super().__init__()
         import duckdb
 
@@ -190,7 +195,11 @@ class DuckDBWarehouse(Warehouse):
             self._con = duckdb.connect(
                 str(self.path),
                 read_only=True,
-                config={"enable_external_access": False, "lock_configuration": True},
+                config={
+                    "enable_external_access": False,
+                    "lock_configuration": True,
+                    "memory_limit": memory_limit,
+                },
             )
         except duckdb.Error as e:
             raise WarehouseError(
@@ -256,7 +265,7 @@ def open_warehouse(url: str | None = None, settings: WarehouseSettings | None = 
     settings = settings or WarehouseSettings()
     url = url or settings.finmatch_warehouse
     if url.startswith("duckdb://"):
-        return DuckDBWarehouse(duckdb_path(url))
+        return DuckDBWarehouse(duckdb_path(url), memory_limit=settings.finmatch_duckdb_memory_limit)
     if url.startswith("databricks://"):
         from tools.databricks import DatabricksWarehouse
 

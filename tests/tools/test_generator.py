@@ -37,8 +37,12 @@ def test_shape_vocabularies_and_keys(seeded_path: Path) -> None:
     assert set(df.customer_lifecycle_stage) == set(LIFECYCLE_STAGES)
     assert set(df.product_recommendation_status) == set(RECOMMENDATION_STATUSES)
     assert set(df.product_type) <= set(PRODUCT_TYPES)
-    for col in ("recommendation_score", "customer_product_affinity",
-                "customer_satisfaction_score", "customer_churn_probability"):
+    for col in (
+        "recommendation_score",
+        "customer_product_affinity",
+        "customer_satisfaction_score",
+        "customer_churn_probability",
+    ):
         assert df[col].between(0, 1).all(), col
     # A customer has one profile across all their records.
     per_customer = df.groupby("customer_id")[["customer_segment", "account_balance"]].nunique()
@@ -71,7 +75,11 @@ def test_planted_relationships_hold(large_path: Path) -> None:
     assert df.customer_satisfaction_score.corr(df.customer_churn_probability) < -0.6
     medians = df.groupby("customer_segment").account_balance.median()
     assert list(medians.sort_values().index) == [
-        "Student", "Retail", "Small Business", "Commercial", "Wealth Management"
+        "Student",
+        "Retail",
+        "Small Business",
+        "Commercial",
+        "Wealth Management",
     ]
     assert df.recommendation_score.corr(df.customer_product_affinity) > 0.5
     churn = df.groupby("customer_lifecycle_stage").customer_churn_probability.mean()
@@ -110,8 +118,11 @@ def test_no_relationship_when_none_planted(null_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("rows", "seed", "message"),
-    [(0, 1, "--rows must be between 1"), (10, -1, "--seed must be between 0"),
-     (10, 2**40, "--seed must be between 0")],
+    [
+        (0, 1, "--rows must be between 1"),
+        (10, -1, "--seed must be between 0"),
+        (10, 2**40, "--seed must be between 0"),
+    ],
 )
 def test_bad_rows_or_seed_are_refused(rows: int, seed: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> str:
+    return f"duckdb:///{tmp_path / 'cli.duckdb'}"
+
+
+def test_seed_then_metrics(wh: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["seed", "--rows", "500", "--seed", "5", "--warehouse", wh]) == 0
+    assert "Seeded 500 records" in capsys.readouterr().out
+    assert main(["metrics", "--warehouse", wh]) == 0
+    out = capsys.readouterr().out
+    for heading in (
+        "Key performance indicators",
+        "Financial metrics",
+        "Recommendation status",
+        "Product affinity",
+        "Customer lifecycle stage",
+        "Top product types",
+        "Top customer segments",
+    ):
+        assert heading in out
+    assert "Records                         500" in out
+
+    assert main(["metrics", "--json", "--segment", "Retail", "--warehouse", wh]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"kpis", "distributions"}
+    assert data["kpis"]["parameters"] == {"f_segment": "Retail"}
+    assert 0 < data["kpis"]["rows"][0]["records"] < 500
+
+    assert main(["metrics", "--metric", "correlations", "--warehouse", wh]) == 0
+    assert "customer_satisfaction_score" in capsys.readouterr().out
+
+
+def test_sql_ok_rejected_and_json(wh: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["seed", "--rows", "50", "--warehouse", wh])
+    capsys.readouterr()
+    assert main(["sql", "SELECT count(*) AS n FROM fpr_records", "--json", "--warehouse", wh]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == [{"n": 50}]
+    code = main(["sql", "SELECT * FROM read_csv('/etc/passwd')", "--warehouse", wh])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "table functions are not allowed (read_csv)" in captured.err
+    assert (
+        main(["sql", "SELECT record_id FROM fpr_records", "--max-rows", "7", "--warehouse", wh])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "7 row(s) (cut at the row cap of 7)" in captured.err
+
+
+def test_errors_are_clear(wh: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metrics", "--warehouse", wh]) == 1
+    assert "No warehouse file at" in capsys.readouterr().err
+    assert main(["seed", "--rows", "0", "--warehouse", wh]) == 2
+    assert "--rows must be between 1" in capsys.readouterr().err
+    assert main(["seed", "--warehouse", "databricks://"]) == 2
+    assert "writes the embedded DuckDB warehouse" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("record_id,account_balance\n1,lots\n")
+    assert main(["load", str(bad), "--warehouse", wh]) == 1
+    err = capsys.readouterr().err
+    assert "missing columns: customer_id" in err and "e.g. 'lots'" in err
+    assert main(["metrics", "--metric", "nope", "--list", "--warehouse", wh]) == 0
+    assert (
+        main(["metrics", "--date-from", "2025-01-01", "--date-to", "2024-01-01", "--warehouse", wh])
+        == 2
+    )
+    assert "is after date_to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["seed"], ["load"], ["metrics"], ["sql"]])
+def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: finmatch" in capsys.readouterr().out
+
+
+def test_installed_entry_point(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "finmatch"
+    wh = f"duckdb:///{tmp_path / 'ep.duckdb'}"
+    subprocess.run(
+        [exe, "seed", "--rows", "20", "--warehouse", wh], check=True, capture_output=True
+    )
+    done = subprocess.run(
+        [exe, "sql", "DELETE FROM fpr_records", "--warehouse", wh], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "only queries may run; this statement is DELETE" in done.stderr

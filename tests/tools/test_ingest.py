@@ -1,0 +1,144 @@
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import frame
+from tools.ingest import LoadError, WarehouseBusy, load_file, seed_table
+from tools.warehouse import DuckDBWarehouse
+
+
+def _export(src: Path, dest: Path, select: str = "SELECT * FROM fpr_records") -> Path:
+    con = duckdb.connect(str(src), read_only=True)
+    fmt = "PARQUET" if dest.suffix == ".parquet" else "CSV, HEADER"
+    con.execute(f"COPY ({select}) TO '{dest}' (FORMAT {fmt})")
+    con.close()
+    return dest
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    path = tmp_path / "target.duckdb"
+    seed_table(path, rows=100, seed=3)
+    return path
+
+
+def _records(path: Path) -> list:
+    return frame(path, "SELECT * FROM fpr_records ORDER BY record_id").to_numpy().tolist()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_good_file_replaces_the_table(
+    tmp_path: Path, seeded_path: Path, target: Path, suffix: str
+) -> None:
+    source = _export(seeded_path, tmp_path / f"good{suffix}")
+    result = load_file(target, source)
+    assert result.rows == 750
+    assert _records(target) == _records(seeded_path)
+
+
+def test_bad_file_lists_every_problem_and_keeps_the_old_table(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    before = _records(target)
+    bad = _export(
+        seeded_path,
+        tmp_path / "bad.csv",
+        # No customer_email, a text balance in row 1, a duplicated id, an extra column.
+        """SELECT * EXCLUDE (customer_email, account_balance, record_id),
+             CASE WHEN row_number() OVER () = 1 THEN 'lots' ELSE account_balance::VARCHAR END
+               AS account_balance,
+             CASE WHEN row_number() OVER () <= 2 THEN 'dup-1' ELSE record_id END AS record_id,
+             1 AS surprise
+           FROM fpr_records""",
+    )
+    with pytest.raises(LoadError) as info:
+        load_file(target, bad)
+    problems = "\n".join(info.value.problems)
+    assert "missing columns: customer_email" in problems
+    assert "account_balance: 1 value(s) that are not double, e.g. 'lots'" in problems
+    assert "record_id: 1 duplicated id(s), e.g. 'dup-1' (2x)" in problems
+    assert "unexpected columns (not in the fpr_records schema): surprise" in problems
+    assert len(info.value.problems) == 4
+    assert "existing fpr_records table is unchanged" in str(info.value)
+    assert _records(target) == before
+
+
+def test_empty_required_values_and_dates_are_checked(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    bad = _export(
+        seeded_path,
+        tmp_path / "bad.csv",
+        """SELECT * REPLACE (
+             CASE WHEN row_number() OVER () = 3 THEN NULL ELSE customer_id END AS customer_id,
+             CASE WHEN row_number() OVER () = 5 THEN 'soon'
+                  ELSE product_recommendation_date::VARCHAR END AS product_recommendation_date)
+           FROM fpr_records""",
+    )
+    with pytest.raises(LoadError) as info:
+        load_file(target, bad)
+    assert info.value.problems == [
+        "column customer_id: 1 empty value(s), first at data row 3",
+        "column product_recommendation_date: 1 value(s) that are not date, e.g. 'soon' "
+        "at data row 5",
+    ]
+
+
+def test_unreadable_missing_and_unsupported_files(tmp_path: Path, target: Path) -> None:
+    with pytest.raises(LoadError, match="no such file"):
+        load_file(target, tmp_path / "absent.csv")
+    odd = tmp_path / "data.xlsx"
+    odd.write_text("x")
+    with pytest.raises(LoadError, match="unsupported file type '.xlsx'"):
+        load_file(target, odd)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("record_id,customer_id\n")
+    with pytest.raises(LoadError, match="the file has no data rows"):
+        load_file(target, empty)
+
+
+def test_system_columns_are_kept_and_deleted_rows_hidden(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    source = _export(
+        seeded_path,
+        tmp_path / "synced.parquet",
+        """SELECT *, row_number() OVER () <= 50 AS _fivetran_deleted,
+             TIMESTAMP '2025-06-01 00:00:00' AS _fivetran_synced FROM fpr_records""",
+    )
+    assert load_file(target, source).rows == 750
+    wh = DuckDBWarehouse(target)
+    try:
+        assert wh.has_deleted_flag()
+        count = wh.run("SELECT count(*) AS n FROM fpr_records")
+        assert count.rows == [(700,)]
+        star = wh.run("SELECT * FROM fpr_records LIMIT 1")
+        assert "_fivetran_deleted" not in star.columns
+        assert "_fivetran_deleted" in star.sql
+    finally:
+        wh.close()
+
+
+def test_writer_refuses_while_another_process_holds_the_file(target: Path) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb,sys; c=duckdb.connect({str(target)!r}); print('open', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(WarehouseBusy, match="Another process"):
+            seed_table(target, rows=10)
+    finally:
+        holder.communicate("")
+    assert frame(target, "SELECT count(*) AS n FROM fpr_records").n[0] == 100
