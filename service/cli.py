@@ -128,7 +128,13 @@ def render_dashboard(evidence: dict[str, Evidence], scope: str) -> str:
         out.append(title)
         width = max(len(v) for v in labels.values())
         for key, label in labels.items():
-            out.append(f"  {label.ljust(width)}  {_fmt(kpis.get(key))}")
+            value = kpis.get(key)
+            shown = (
+                f"{100 * value:.1f}%"
+                if key.endswith("_rate") and value is not None
+                else _fmt(value)
+            )
+            out.append(f"  {label.ljust(width)}  {shown}")
         out.append("")
     rows = evidence["distributions"].rows
     for dim, title in _DIMENSIONS.items():

@@ -22,7 +22,7 @@ def project_home() -> Path:
 
 def default_warehouse_url() -> str:
     """Return the URL of the embedded DuckDB warehouse."""
-    return f"duckdb:///{project_home() / 'fpr.duckdb'}"
+    return f"duckdb://{project_home() / 'fpr.duckdb'}"
 
 
 class WarehouseSettings(BaseSettings):

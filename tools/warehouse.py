@@ -181,7 +181,7 @@ class DuckDBWarehouse(Warehouse):
         import duckdb
 
         self.path = Path(path)
-        self.url = f"duckdb:///{self.path}"
+        self.url = f"duckdb://{self.path}"
         if not self.path.exists():
             raise WarehouseNotFound(
                 f"No warehouse file at {self.path}. Create it with `finmatch seed` "
@@ -257,6 +257,8 @@ def duckdb_path(url: str) -> Path:
         raise WarehouseError(
             "A duckdb:// warehouse URL needs a file path, e.g. duckdb:///data/fpr.duckdb"
         )
+    if rest.startswith("//"):  # duckdb:////abs/path, an absolute path after duckdb:///
+        rest = rest[1:]
     return Path(rest).expanduser()
 
 

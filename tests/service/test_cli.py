@@ -10,7 +10,7 @@ from service.cli import main
 
 @pytest.fixture
 def wh(tmp_path: Path) -> str:
-    return f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    return f"duckdb://{tmp_path / 'cli.duckdb'}"
 
 
 def test_seed_then_metrics(wh: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +87,7 @@ def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture
 
 def test_installed_entry_point(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "finmatch"
-    wh = f"duckdb:///{tmp_path / 'ep.duckdb'}"
+    wh = f"duckdb://{tmp_path / 'ep.duckdb'}"
     subprocess.run(
         [exe, "seed", "--rows", "20", "--warehouse", wh], check=True, capture_output=True
     )

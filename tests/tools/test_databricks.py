@@ -206,3 +206,19 @@ def test_url_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(WarehouseError, match="Unsupported warehouse URL 'postgres://x'"):
         open_warehouse("postgres://x", settings)
+
+
+def test_duckdb_urls() -> None:
+    from pathlib import Path
+
+    from tools.settings import default_warehouse_url
+    from tools.warehouse import duckdb_path
+
+    assert duckdb_path("duckdb:///data/fpr.duckdb") == Path("/data/fpr.duckdb")
+    assert duckdb_path("duckdb:////data/fpr.duckdb") == Path("/data/fpr.duckdb")
+    assert duckdb_path("duckdb://rel/fpr.duckdb") == Path("rel/fpr.duckdb")
+    url = default_warehouse_url()
+    assert url.startswith("duckdb:///") and url.endswith("/.finmatch/fpr.duckdb")
+    assert duckdb_path(url).is_absolute()
+    with pytest.raises(WarehouseError, match="needs a file path"):
+        duckdb_path("duckdb://")
