@@ -266,6 +266,164 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """Live step display on stderr: a line per finished step with its detail."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self.status: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        area = event.get("focus_area", "")
+        if event.get("type") == "step_start":
+            text = f"[bold]{area}[/]: {event['step']} ..."
+            if self.status is None and self.console.is_terminal:
+                self.status = self.console.status(text)
+                self.status.start()
+            elif self.status is not None:
+                self.status.update(text)
+            elif not self.console.is_terminal:
+                self.console.print(f"> {area}: {event['step']}")
+        elif event.get("type") == "step_finish":
+            position = f"[{event['index']}/{event['total']}] " if "index" in event else ""
+            self.console.print(
+                f"[green]done[/] {position}{area}: {event['step']} - {event.get('detail', '')}"
+            )
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def _save_reports(result: Any) -> list[Path]:
+    from graphs.report import Report
+    from tools.settings import project_home
+
+    folder = project_home() / "reports" / result.thread_id
+    folder.mkdir(parents=True, exist_ok=True)
+    reports = result.output.get("reports") or (
+        {result.output["focus_area"]: result.output["report"]} if "report" in result.output else {}
+    )
+    paths = []
+    for slug, data in reports.items():
+        report = Report(**data)
+        (folder / f"{slug}.json").write_text(report.model_dump_json(indent=2))
+        path = folder / f"{slug}.md"
+        path.write_text(report.markdown())
+        paths.append(path)
+    if "summary" in result.output:
+        path = folder / "executive-summary.md"
+        summary = result.output["summary"]
+        path.write_text(
+            f"# {summary['title']}\n\n_Scope: {summary['scope']}._\n\n{summary['markdown']}\n"
+        )
+        paths.insert(0, path)
+    return paths
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run a focus-area agent (or all four) with live progress."""
+    import asyncio
+
+    from graphs.context import Context
+    from graphs.models import UnknownModel, check_model
+    from graphs.report import Report
+    from service.runs import ThreadError, run_focus
+
+    try:
+        check_model(args.model)
+    except UnknownModel as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    context = Context(
+        model=args.model,
+        warehouse=_warehouse_url(args),
+        segment=args.segment,
+        lifecycle_stage=args.stage,
+        product_type=args.product_type,
+        date_from=args.date_from.isoformat() if args.date_from else None,
+        date_to=args.date_to.isoformat() if args.date_to else None,
+    )
+    _filters(args)  # validates the scope before anything runs
+    progress = _Progress(quiet=False)
+    try:
+        result = asyncio.run(
+            run_focus(
+                args.focus,
+                context,
+                thread_id=args.thread,
+                resume=args.resume,
+                question=args.question or "",
+                on_event=progress,
+                tracing=not args.no_trace,
+            )
+        )
+    except ThreadError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    except KeyboardInterrupt:
+        progress.stop()
+        _err(
+            "stopped. Finished steps are saved: resume with `finmatch analyze --focus "
+            f"{args.focus} --thread {args.thread or '<thread>'} --resume`."
+        )
+        return 130
+    finally:
+        progress.stop()
+    if result.status != "succeeded":
+        _err(f"error: the run failed: {result.error}")
+        _err(
+            f"Finished steps are saved. Resume with `finmatch analyze --focus {args.focus} "
+            f"--thread {result.thread_id} --resume` (optionally with another --model)."
+        )
+        return EXIT_ERROR
+    paths = _save_reports(result)
+    if args.json:
+        out = result.output
+        if "reports" in out:
+            _out(
+                json.dumps(
+                    {
+                        "reports": out["reports"],
+                        "summary": out["summary"],
+                        "thread_id": result.thread_id,
+                        "trace_id": result.trace_id,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            _out(
+                json.dumps(
+                    {**out["report"], "thread_id": result.thread_id, "trace_id": result.trace_id},
+                    indent=2,
+                )
+            )
+        return 0
+    if args.markdown:
+        for path in paths:
+            _out(path.read_text())
+        return 0
+    reports = result.output.get("reports") or {result.output["focus_area"]: result.output["report"]}
+    _out("")
+    for data in reports.values():
+        report = Report(**data)
+        flag = f"  ({len(report.ungrounded)} ungrounded numbers)" if report.ungrounded else ""
+        _out(f"{report.title}\n  {report.headline}{flag}")
+    _out("")
+    _out(f"Reports: {paths[0].parent}")
+    _out(f"Thread:  {result.thread_id}")
+    if result.trace_id:
+        _out(
+            f"Trace:   {result.trace_id} (mlflow ui --backend-store-uri "
+            f"sqlite:///{paths[0].parent.parent.parent / 'mlflow.db'})"
+        )
+    return 0
+
+
 def _date(text: str) -> datetime.date:
     try:
         return datetime.date.fromisoformat(text)
@@ -335,6 +493,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", metavar="ID", help="run one catalog metric instead of the dashboard")
     p.add_argument("--list", action="store_true", help="list the catalog metrics and exit")
     p.set_defaults(func=cmd_metrics)
+
+    from graphs.areas import FOCUS_AREAS
+
+    p = sub.add_parser(
+        "analyze",
+        parents=[common, scope],
+        help="run a focus-area agent",
+        description="Run a focus-area agent (or all four and an executive summary) with live "
+        "progress. Every run has a thread id; a failed or stopped run resumes with "
+        "--thread ID --resume.",
+    )
+    p.add_argument("--focus", required=True, choices=[*FOCUS_AREAS, "all"])
+    p.add_argument("--model", default="offline", help="model name (default offline)")
+    p.add_argument("--question", help="a question the narrative should answer")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the Report as JSON")
+    out.add_argument("--markdown", action="store_true", help="print the report as markdown")
+    p.add_argument("--thread", help="thread id (default: a new one)")
+    p.add_argument("--resume", action="store_true", help="continue the run on --thread")
+    p.add_argument("--no-trace", action="store_true", help="do not record an MLflow trace")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
         "sql",

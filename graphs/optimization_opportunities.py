@@ -1,0 +1,102 @@
+"""Optimization Opportunities: where product matching loses customers it should win."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graphs import detectors as d
+from graphs.analyst import analyse
+from graphs.areas import OPTIMIZATION as AREA
+from graphs.compose import build_report
+from graphs.context import Context
+from graphs.state import State
+from graphs.steps import area_step, gather, kinds, linear_builder, number
+
+
+@area_step(AREA, 0)
+async def banking_optimization_data_preparation(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Load the KPIs and distributions the optimisation starts from."""
+    kpis, dist = await gather(state, runtime, "kpis", "distributions")
+    findings = number(state, AREA, d.portfolio_overview(kpis))
+    k = kpis["rows"][0]
+    return {"evidence": [kpis, dist], "findings": findings}, (
+        f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}"
+    )
+
+
+@area_step(AREA, 1)
+async def financial_product_inefficiency_detection(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Find segment x product cells that lag and high-affinity leads left unconverted."""
+    acc, pool = await gather(state, runtime, "acceptance_rates", "high_affinity_unconverted")
+    found = d.lagging_cells(acc) + d.unconverted(pool)
+    findings = number(state, AREA, found)
+    cells = sum(1 for r in acc["rows"] if r["breakdown"] == "segment_product")
+    return {"evidence": [acc, pool], "findings": findings}, (
+        f"{cells} segment x product cells tested, {kinds(findings)}"
+    )
+
+
+@area_step(AREA, 2)
+async def banking_correlation_analysis(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Relate acceptance to affinity, lifecycle stage and the numeric columns."""
+    corr, acc = await gather(state, runtime, "correlations", "acceptance_rates")
+    found = (
+        d.band_acceptance(acc, "affinity_band", "affinity", "affinity_acceptance")
+        + d.group_acceptance(acc, "lifecycle_stage", "lifecycle stage", "stage_acceptance")
+        + d.correlations(corr, limit=3)
+    )
+    findings = number(state, AREA, found)
+    return {"evidence": [corr, acc], "findings": findings}, (
+        f"{corr['row_count']} column pairs, {kinds(findings)}"
+    )
+
+
+@area_step(AREA, 3)
+async def core_banking_system_integration_optimization(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Check the delivery pipeline: open backlog and conversion over time."""
+    trend, dist = await gather(state, runtime, "monthly_trend", "distributions")
+    found = d.pipeline_backlog(dist) + d.acceptance_trend(trend)
+    findings = number(state, AREA, found)
+    return {"evidence": [trend, dist], "findings": findings}, (
+        f"{trend['row_count']} months, {kinds(findings)}"
+    )
+
+
+@area_step(AREA, 4)
+async def ai_banking_optimization_intelligence(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Have the selected model write targeting recommendations."""
+    return await analyse(AREA, dict(state), runtime.context)
+
+
+@area_step(AREA, 5)
+async def banking_strategy_finalization(
+    state: State, runtime: Runtime[Context]
+) -> tuple[dict[str, Any], str]:
+    """Compile the optimisation report and check its numbers."""
+    return build_report(AREA, dict(state), runtime.context)
+
+
+builder = linear_builder(
+    AREA,
+    [
+        banking_optimization_data_preparation,
+        financial_product_inefficiency_detection,
+        banking_correlation_analysis,
+        core_banking_system_integration_optimization,
+        ai_banking_optimization_intelligence,
+        banking_strategy_finalization,
+    ],
+)
+graph = builder.compile(name=AREA.slug)

@@ -1,0 +1,133 @@
+"""Portfolio: the four focus areas side by side, then an executive summary across them.
+
+Each focus area runs as its own subgraph (its steps stream and checkpoint under its own
+namespace); the four start together and the summary waits for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from graphs import (
+    financial_impact,
+    optimization_opportunities,
+    overall_performance,
+    strategic_recommendations,
+)
+from graphs.areas import FOCUS_AREAS
+from graphs.context import Context
+from graphs.report import Finding, Report
+from graphs.state import InputState
+
+AREA_GRAPHS = {
+    "overall-performance": overall_performance.graph,
+    "optimization-opportunities": optimization_opportunities.graph,
+    "financial-impact": financial_impact.graph,
+    "strategic-recommendations": strategic_recommendations.graph,
+}
+SUMMARY_STEP = "Executive Summary"
+
+
+def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    return {**left, **right}
+
+
+def _concat(left: list[Any], right: list[Any]) -> list[Any]:
+    return left + right
+
+
+class PortfolioState(TypedDict):
+    """The four reports as they finish, the step records, and the summary."""
+
+    question: str
+    reports: Annotated[dict[str, dict[str, Any]], _merge]
+    steps: Annotated[list[dict[str, Any]], _concat]
+    summary: dict[str, Any]
+
+
+class PortfolioOutput(TypedDict):
+    """What a portfolio run returns."""
+
+    reports: dict[str, dict[str, Any]]
+    steps: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def _area_node(slug: str) -> Any:
+    area_graph: Any = AREA_GRAPHS[slug]
+
+    async def run_area(
+        state: PortfolioState, runtime: Runtime[Context], config: RunnableConfig
+    ) -> dict[str, Any]:
+        out = await area_graph.ainvoke(
+            {"question": state.get("question", "")}, config, context=runtime.context
+        )
+        return {"reports": {slug: out["report"]}, "steps": out["steps"]}
+
+    run_area.__name__ = f"run_{slug.replace('-', '_')}"
+    run_area.__doc__ = f"Run the {FOCUS_AREAS[slug].name} focus area."
+    return run_area
+
+
+async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Summarise the four reports: each headline, the strongest findings, the top actions."""
+    writer = runtime.stream_writer
+    writer({"type": "step_start", "focus_area": "portfolio", "step": SUMMARY_STEP})
+    reports = [Report(**state["reports"][slug]) for slug in AREA_GRAPHS if slug in state["reports"]]
+    rank = {"strong": 0, "moderate": 1, "descriptive": 2}
+    strongest: list[Finding] = sorted(
+        {
+            f.kind + f.claim: f for r in reports for f in r.findings if f.strength != "descriptive"
+        }.values(),
+        key=lambda f: (rank[f.strength], -abs(f.effect_size or 0)),
+    )[:5]
+    lines = [f"- **{FOCUS_AREAS[r.focus_area].name}:** {r.headline}" for r in reports]
+    actions = [
+        f"- {r.recommendations[0].action} ({FOCUS_AREAS[r.focus_area].name})"
+        for r in reports
+        if r.recommendations
+    ]
+    ungrounded = sum(len(r.ungrounded) for r in reports)
+    strong_lines = [f"- {f.claim} [{f.id}]" for f in strongest]
+    body = "\n".join(
+        [
+            "## Focus areas",
+            *lines,
+            "",
+            "## Strongest findings",
+            *(strong_lines or ["- None passed the thresholds."]),
+            "",
+            "## First actions",
+            *(actions or ["- None."]),
+        ]
+    )
+    summary = {
+        "title": "FinMatch portfolio — executive summary",
+        "scope": reports[0].scope if reports else runtime.context.filters().describe(),
+        "markdown": body,
+        "ungrounded_numbers": ungrounded,
+    }
+    detail = (
+        f"{len(reports)} reports, {len(strongest)} strongest findings, "
+        f"{ungrounded} ungrounded numbers"
+    )
+    record = {"focus_area": "portfolio", "step": SUMMARY_STEP, "detail": detail}
+    writer({"type": "step_finish", **record})
+    return {"summary": summary, "steps": [record]}
+
+
+builder = StateGraph(
+    PortfolioState, context_schema=Context, input_schema=InputState, output_schema=PortfolioOutput
+)
+for _slug in AREA_GRAPHS:
+    builder.add_node(FOCUS_AREAS[_slug].name, _area_node(_slug))
+    builder.add_edge(START, FOCUS_AREAS[_slug].name)
+builder.add_node(SUMMARY_STEP, executive_summary)
+builder.add_edge([FOCUS_AREAS[s].name for s in AREA_GRAPHS], SUMMARY_STEP)
+builder.add_edge(SUMMARY_STEP, END)
+
+graph = builder.compile(name="portfolio")

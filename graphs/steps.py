@@ -1,0 +1,136 @@
+"""The step wrapper every node goes through, and the data helpers steps share.
+
+`area_step` turns `async def step(state, runtime) -> (update, detail)` into a graph node
+that emits `step_start` / `step_finish` custom stream events (the finish event carries the
+detail line with the numbers the step computed), appends a step record to the state and
+opens an MLflow span. Evidence and findings get their ids here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from graphs.areas import FocusArea
+from graphs.context import Context
+from graphs.report import Finding
+from graphs.resources import warehouse_for
+from graphs.state import InputState, OutputState, State
+from graphs.tracing import span
+from tools.metrics import run_metric
+
+StepBody = Callable[[State, Runtime[Context]], Awaitable[tuple[dict[str, Any], str]]]
+Node = Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]
+
+
+def snake(name: str) -> str:
+    """Return a step name in snake_case ('AI Banking Intelligence ...' -> 'ai_banking_...')."""
+    return "_".join(name.lower().replace("-", " ").split())
+
+
+def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
+    """Wrap a step body as the node for `area.steps[index]`."""
+    name = area.steps[index].name
+
+    def wrap(body: StepBody) -> Node:
+        if body.__name__ != snake(name):
+            raise ValueError(f"step function {body.__name__} should be named {snake(name)}")
+
+        async def node(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+            writer = runtime.stream_writer
+            total = len(area.steps)
+            writer(
+                {
+                    "type": "step_start",
+                    "focus_area": area.slug,
+                    "step": name,
+                    "index": index + 1,
+                    "total": total,
+                }
+            )
+            started = time.perf_counter()
+            with span(name, "CHAIN", {"focus_area": area.slug}) as s:
+                update, detail = await body(state, runtime)
+                if s is not None:
+                    s.set_outputs({"detail": detail})
+            record = {
+                "focus_area": area.slug,
+                "step": name,
+                "index": index + 1,
+                "total": total,
+                "detail": detail,
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            writer({"type": "step_finish", **record})
+            update = dict(update)
+            update["steps"] = [record]
+            if not state.get("focus_area"):
+                update["focus_area"] = area.slug
+            return update
+
+        node.__name__ = body.__name__
+        node.__qualname__ = body.__qualname__
+        node.__doc__ = body.__doc__
+        return node
+
+    return wrap
+
+
+async def gather(
+    state: State, runtime: Runtime[Context], *requests: str | tuple[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run catalog metrics in the run's scope (off the event loop); return Evidence dicts."""
+    ctx = runtime.context
+    filters = ctx.filters()
+    warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
+    out = []
+    start = len(state.get("evidence", []))
+    for i, request in enumerate(requests):
+        metric_id, params = (request, {}) if isinstance(request, str) else request
+        with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
+            ev = await asyncio.to_thread(
+                run_metric, warehouse, metric_id, filters, params, timeout_s=ctx.query_timeout_s
+            )
+            if s is not None:
+                s.set_outputs({"row_count": ev.row_count, "sql": ev.sql})
+        out.append({"id": f"E{start + i + 1}", **ev.model_dump(mode="json")})
+    return out
+
+
+def number(state: State, area: FocusArea, findings: list[Finding]) -> list[dict[str, Any]]:
+    """Give new findings their ids (OPT-1, OPT-2, ...) and return them as dicts."""
+    start = len(state.get("findings", []))
+    return [
+        f.model_copy(update={"id": f"{area.prefix}-{start + i + 1}"}).model_dump(mode="json")
+        for i, f in enumerate(findings)
+    ]
+
+
+def kinds(findings: list[dict[str, Any]]) -> str:
+    """Summarise findings for a detail line: '2 findings (lagging_cell, correlation)'."""
+    if not findings:
+        return "no material finding"
+    names = ", ".join(dict.fromkeys(f["kind"].split(":")[0] for f in findings))
+    return f"{len(findings)} finding{'s' if len(findings) != 1 else ''} ({names})"
+
+
+def linear_builder(area: FocusArea, nodes: list[Node]) -> StateGraph[Any, Any, Any, Any]:
+    """Return a builder running `nodes` in the order of the area's documented steps."""
+    if len(nodes) != len(area.steps):
+        raise ValueError(f"{area.name} has {len(area.steps)} steps; got {len(nodes)} nodes")
+    builder = StateGraph(
+        State, context_schema=Context, input_schema=InputState, output_schema=OutputState
+    )
+    previous = START
+    for step, node in zip(area.steps, nodes, strict=True):
+        action: Any = node  # the wrapped node keeps the (state, runtime) signature
+        builder.add_node(step.name, action)
+        builder.add_edge(previous, step.name)
+        previous = step.name
+    builder.add_edge(previous, END)
+    return builder

@@ -1,0 +1,182 @@
+"""Run a focus-area graph durably: checkpointer, thread ids, resume, MLflow trace.
+
+Every run has a thread id and checkpoints after every step with `durability="sync"`, so a
+run that failed, was stopped or whose process was killed resumes at the step that did not
+finish, without redoing finished ones. One MLflow trace per run (spans for each step,
+query and model call come from the graphs); its id is on the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graphs.areas import FOCUS_AREAS
+from graphs.context import Context
+from tools.settings import project_home
+
+ALL = "all"
+
+
+class RunSettings(BaseSettings):
+    """Where runs keep their checkpoints and traces."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    finmatch_checkpoints: str = Field(
+        "", description="sqlite:///path (default .finmatch/checkpoints.sqlite) or postgresql://..."
+    )
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking URI (default sqlite:///.finmatch/mlflow.db)"
+    )
+    finmatch_tracing: bool = Field(True, description="Record an MLflow trace per run")
+
+
+def builder_for(focus: str) -> Any:
+    """Return the graph builder of a focus area slug, or of the portfolio for 'all'."""
+    if focus == ALL:
+        from graphs import portfolio
+
+        return portfolio.builder
+    if focus not in FOCUS_AREAS:
+        raise ValueError(
+            f"Unknown focus area {focus!r}; choose one of: {', '.join([*FOCUS_AREAS, ALL])}"
+        )
+    import importlib
+
+    module = importlib.import_module(f"graphs.{focus.replace('-', '_')}")
+    return module.builder
+
+
+@asynccontextmanager
+async def open_checkpointer(url: str = "") -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """Open the checkpointer at `url`: a SQLite file (default) or Postgres."""
+    url = url or RunSettings().finmatch_checkpoints
+    if url.startswith(("postgres://", "postgresql://")):
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        async with AsyncPostgresSaver.from_conn_string(url) as saver:
+            await saver.setup()
+            yield saver
+        return
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = Path(url.removeprefix("sqlite:///")) if url else project_home() / "checkpoints.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield saver
+
+
+@contextlib.contextmanager
+def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[Any]:
+    """Open the run's root MLflow span (the trace); yield it, or None when tracing is off."""
+    if not enabled:
+        yield None
+        return
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    settings = RunSettings()
+    home = project_home()
+    home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_experiment("finmatch")
+    with mlflow.start_span(name=name, span_type="AGENT") as root:
+        mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})
+        yield root
+
+
+@dataclass
+class RunResult:
+    """How a run ended and what it produced."""
+
+    thread_id: str
+    focus: str
+    status: str  # succeeded | failed | cancelled
+    output: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    trace_id: str = ""
+    steps_run: list[str] = field(default_factory=list)
+
+
+class ThreadError(ValueError):
+    """A thread id was reused for a new run, or a resume names a thread with nothing to do."""
+
+
+async def run_focus(
+    focus: str,
+    context: Context,
+    *,
+    thread_id: str | None = None,
+    resume: bool = False,
+    question: str = "",
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: str = "",
+    tracing: bool | None = None,
+) -> RunResult:
+    """Run (or resume) `focus` on a thread and return its result; events go to `on_event`."""
+    builder = builder_for(focus)
+    thread_id = thread_id or str(uuid.uuid4())
+    tracing = RunSettings().finmatch_tracing if tracing is None else tracing
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
+    result = RunResult(thread_id=thread_id, focus=focus, status="running")
+    async with open_checkpointer(checkpoints) as saver:
+        graph = builder.compile(checkpointer=saver, name=focus)
+        snapshot = await graph.aget_state(config)
+        started = bool(snapshot.values) or bool(snapshot.next)
+        if resume and not started:
+            raise ThreadError(
+                f"Thread {thread_id} has no run to resume; start one without --resume."
+            )
+        if resume and not snapshot.next:
+            result.status, result.output = "succeeded", dict(snapshot.values)
+            return result
+        if not resume and started:
+            raise ThreadError(
+                f"Thread {thread_id} already has a run; add --resume to continue it or leave "
+                "out --thread to start a new one."
+            )
+        payload = None if resume else {"question": question}
+        with run_trace(f"finmatch:{focus}", thread_id, focus, tracing) as root:
+            if root is not None:
+                result.trace_id = root.trace_id
+                root.set_inputs(
+                    {
+                        "focus": focus,
+                        "thread_id": thread_id,
+                        "resume": resume,
+                        "context": context.__dict__,
+                    }
+                )
+            try:
+                async for _ns, _mode, chunk in graph.astream(
+                    payload,
+                    config,
+                    context=context,
+                    stream_mode=["custom"],
+                    subgraphs=True,
+                    durability="sync",
+                ):
+                    if chunk.get("type") == "step_start":
+                        result.steps_run.append(f"{chunk.get('focus_area')}:{chunk.get('step')}")
+                    if on_event:
+                        on_event(chunk)
+            except Exception as e:  # recorded on the result; the thread stays resumable
+                result.status, result.error = "failed", f"{type(e).__name__}: {e}"
+                return result
+            final = await graph.aget_state(config)
+            result.status, result.output = "succeeded", dict(final.values)
+            if root is not None:
+                root.set_outputs({"status": result.status})
+    return result
