@@ -146,9 +146,10 @@ def offline_analysis(area: FocusArea, findings: list[Finding], question: str) ->
     ordered = _ordered(findings, area)
     relationships = [f for f in ordered if f.strength != "descriptive"]
     overview = next((f for f in findings if f.kind == "overview"), None)
-    lead = relationships[0] if relationships else (ordered[0] if ordered else None)
     headline = (
-        f"{lead.title} [{lead.id}]." if lead else "No material finding in the data for this scope."
+        f"{relationships[0].title} [{relationships[0].id}]."
+        if relationships
+        else "No relationship in this scope is material; the figures below are descriptive."
     )
     summary = []
     if overview:

@@ -21,6 +21,8 @@ Relationships planted in the data (each has a strength in `Relationships`; all a
   more, Lead and Inactive ones less; Inactive customers churn more and transact rarely.
 - **satisfaction drives churn**: `customer_churn_probability` falls by 0.8 per unit of
   `customer_satisfaction_score`.
+- **transaction value tracks activity**: `customer_transaction_value` is the transaction
+  count times a ticket size that grows with the balance, so value correlates with both.
 - **the score tracks affinity**: `recommendation_score` is 55% affinity, 45% noise, so
   personalised scores predict acceptance.
 - **a lagging cell**: Small Business customers offered a Personal Loan accept far less
@@ -33,6 +35,7 @@ Sales are recorded only for Accepted recommendations (`product_sales_amount` 0 a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -60,12 +63,21 @@ class Relationships:
     stage_effects: float = 1.0
     satisfaction_churn: float = 1.0
     score_tracks_affinity: float = 1.0
+    value_tracks_activity: float = 1.0
     lagging_cell: tuple[str, str, float] | None = ("Small Business", "Personal Loan", -1.5)
 
     @classmethod
     def none(cls) -> Relationships:
         """Return strengths that plant nothing: every column independent of the others."""
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, None)
+        return cls(
+            segment_balance=0.0,
+            affinity_acceptance=0.0,
+            stage_effects=0.0,
+            satisfaction_churn=0.0,
+            score_tracks_affinity=0.0,
+            value_tracks_activity=0.0,
+            lagging_cell=None,
+        )
 
 
 _SEGMENT_WEIGHTS = dict(zip(SEGMENTS, (0.40, 0.20, 0.15, 0.10, 0.15), strict=True))
@@ -181,8 +193,6 @@ def select_sql(rows: int, seed: int, rel: Relationships | None = None) -> str:
 
     def seg_balance(seg: str) -> str:
         # Interpolate each segment's log-median towards a common one as the strength falls.
-        import math
-
         parts = []
         for name, median in _SEGMENT_MEDIAN_BALANCE.items():
             log_m = (1 - rel.segment_balance) * math.log(flat_balance) + rel.segment_balance * (
@@ -235,6 +245,12 @@ def select_sql(rows: int, seed: int, rel: Relationships | None = None) -> str:
         for p, (a, b) in _PRODUCT_TERMS.items()
     )
     sale_base = _map("ptype", _PRODUCT_SALE)
+    # At strength w the value's count and balance noise are w parts the customer's own and
+    # (1 - w) parts independent draws; at 0 the value is independent of count and balance.
+    w_val = rel.value_tracks_activity
+    indep_count = f"greatest(0, round({count_mean} * exp(0.4 * z_val_cnt)))"
+    value_count = f"({w_val!r} * txn_count + {1 - w_val!r} * {indep_count})"
+    value_z = f"({w_val!r} * z_bal + {math.sqrt(max(0.0, 1 - w_val**2))!r} * z_val_bal)"
     sale_mult = _map("segment", blend(_SEGMENT_SALE_MULTIPLIER, rel.segment_balance, mean_mult))
 
     return f"""
@@ -246,6 +262,7 @@ WITH base AS (
     {_pick("fm_u(c, 2)", _SEGMENT_WEIGHTS)} AS segment,
     {_pick("fm_u(c, 3)", _STAGE_WEIGHTS)} AS stage,
     fm_z(c, 4) AS z_sat, fm_z(c, 5) AS z_churn, fm_z(c, 6) AS z_bal, fm_z(c, 7) AS z_cnt,
+    fm_z(c, 23) AS z_val_cnt, fm_z(c, 24) AS z_val_bal,
     fm_u(c, 8) AS u_channel, fm_u(c, 9) AS u_days
   FROM base
 ), cust2 AS (
@@ -296,7 +313,7 @@ SELECT
   balance AS account_balance,
   txn_count::VARCHAR || ' transactions in the last 90 days, mostly '
     || {_index("u_channel", _CHANNELS)} AS transaction_history,
-  round(txn_count * {ticket} * exp(0.3 * z_bal), 2) AS customer_transaction_value,
+  round({value_count} * {ticket} * exp(0.3 * {value_z}), 2) AS customer_transaction_value,
   txn_count AS customer_transaction_count,
   printf('PROD_%06d', {product_id}) AS product_id,
   {tier_name} || ' ' || ptype AS product_name,
