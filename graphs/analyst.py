@@ -241,6 +241,11 @@ def prompt(area: FocusArea, state: dict[str, Any], scope: str) -> list[BaseMessa
     return [SystemMessage(system), HumanMessage(json.dumps(human, default=str))]
 
 
+def prompt_tokens(messages: list[BaseMessage]) -> int:
+    """Estimate the tokens of `messages` (about 4 characters a token for English and JSON)."""
+    return sum(len(str(m.content)) for m in messages) // 4
+
+
 async def call_model(model: Any, messages: list[BaseMessage], ctx: Context) -> AIMessage:
     """Call the model with a timeout, retrying with exponential backoff."""
     last: BaseException | None = None
@@ -386,6 +391,8 @@ async def analyse(
         model = build_chat_model(ctx.model, ctx)
         analysis, new_evidence, stats = await chat_analysis(model, area, state, ctx, scope)
         meta = {"model": ctx.model, "label": f"the model {ctx.model}", **stats}
+    # The size of the first prompt (the one a model gets, or would get): bounded by design.
+    meta["prompt_tokens_estimate"] = prompt_tokens(prompt(area, state, scope))
     update: dict[str, Any] = {"analysis": {**analysis.model_dump(mode="json"), **meta}}
     if new_evidence:
         update["evidence"] = new_evidence

@@ -68,6 +68,16 @@ def build_report(
         numbers_checked=checked,
         ungrounded=ungrounded,
         unknown_finding_ids=sorted(cited - known),
+        usage={
+            k: int(analysis_data.get(k, 0))
+            for k in (
+                "model_calls",
+                "tool_calls",
+                "input_tokens",
+                "output_tokens",
+                "prompt_tokens_estimate",
+            )
+        },
     )
     detail = (
         f"{len(findings)} findings, {len(analysis.recommendations)} recommendations, "

@@ -86,6 +86,11 @@ class Report(BaseModel):
     ungrounded: list[str] = Field(
         default_factory=list, description="Narrative numbers that match no evidence"
     )
+    usage: dict[str, int] = Field(
+        default_factory=dict,
+        description="Model use: model_calls, tool_calls, input_tokens, output_tokens and "
+        "prompt_tokens_estimate (the first prompt's size, also for the offline analyst)",
+    )
     unknown_finding_ids: list[str] = Field(
         default_factory=list, description="Finding ids cited that do not exist"
     )

@@ -9,6 +9,7 @@ opens an MLflow span. Evidence and findings get their ids here, once.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,6 +69,9 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
             }
             writer({"type": "step_finish", **record})
             update = dict(update)
+            known = {e["id"] for e in state.get("evidence", [])}
+            if "evidence" in update:
+                update["evidence"] = [e for e in update["evidence"] if e["id"] not in known]
             update["steps"] = [record]
             if not state.get("focus_area"):
                 update["focus_area"] = area.slug
@@ -84,21 +88,31 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
 async def gather(
     state: State, runtime: Runtime[Context], *requests: str | tuple[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Run catalog metrics in the run's scope (off the event loop); return Evidence dicts."""
+    """Run catalog metrics in the run's scope (off the event loop); return Evidence dicts.
+
+    A metric an earlier step already ran with the same parameters is not run again: its
+    evidence is returned as it is (the step wrapper keeps it from being added twice).
+    """
     ctx = runtime.context
     filters = ctx.filters()
     warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
     out = []
+    done = {e.get("request"): e for e in state.get("evidence", []) if e.get("request")}
     start = len(state.get("evidence", []))
-    for i, request in enumerate(requests):
+    for request in requests:
         metric_id, params = (request, {}) if isinstance(request, str) else request
+        key = f"{metric_id}:{json.dumps(params, sort_keys=True)}"
+        if key in done:
+            out.append(done[key])
+            continue
         with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
             ev = await asyncio.to_thread(
                 run_metric, warehouse, metric_id, filters, params, timeout_s=ctx.query_timeout_s
             )
             if s is not None:
                 s.set_outputs({"row_count": ev.row_count, "sql": ev.sql})
-        out.append({"id": f"E{start + i + 1}", **ev.model_dump(mode="json")})
+        start += 1
+        out.append({"id": f"E{start}", "request": key, **ev.model_dump(mode="json")})
     return out
 
 

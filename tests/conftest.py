@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,9 +48,16 @@ def warehouse(seeded_path: Path) -> Iterator[DuckDBWarehouse]:
 
 
 def frame(path: Path, sql: str = "SELECT * FROM fpr_records") -> pd.DataFrame:
-    """Read a small fixture table into pandas, for independent checks only."""
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql).df()
-    finally:
-        con.close()
+    """Read a small fixture table into pandas, for independent checks only.
+
+    Reads a copy: DuckDB refuses a second connection with another configuration to a file
+    this process already has open (the agents' pooled read-only warehouse).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        con = duckdb.connect(str(copy), read_only=True)
+        try:
+            return con.execute(sql).df()
+        finally:
+            con.close()

@@ -7,6 +7,7 @@ The Databricks variables keep the names the FinMatch deployment already uses
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -14,7 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def project_home() -> Path:
-    """Return the folder holding local state (`.finmatch/`): the project root, else the cwd."""
+    """Return the folder holding local state: `FINMATCH_HOME`, else `.finmatch/` at the root.
+
+    The root is the project checkout when running from one, else the working directory.
+    """
+    if home := os.environ.get("FINMATCH_HOME"):
+        return Path(home)
     root = Path(__file__).resolve().parents[1]
     base = root if (root / "pyproject.toml").exists() else Path.cwd()
     return base / ".finmatch"

@@ -1,0 +1,187 @@
+"""The four focus-area graphs on real DuckDB tables: steps, planted findings, scope."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphs.areas import FOCUS_AREAS
+from graphs.context import Context
+from graphs.portfolio import AREA_GRAPHS
+from graphs.report import Report
+from tests.conftest import frame
+
+SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+
+
+def run(slug: str, path: Path, **context: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run a focus-area graph to the end; return its output and its custom events."""
+    events: list[dict[str, Any]] = []
+
+    async def go() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async for mode, chunk in AREA_GRAPHS[slug].astream(
+            {"question": ""},
+            context=Context(warehouse=f"duckdb:///{path}", **context),
+            stream_mode=["custom", "values"],
+        ):
+            if mode == "custom":
+                events.append(chunk)
+            else:
+                out = chunk
+        return out
+
+    return asyncio.run(go()), events
+
+
+def seed_steps() -> dict[str, list[str]]:
+    """The documented workflow steps of each agent, read from the seed description."""
+    text = next(
+        p.read_text() for p in sorted(SEEDS.glob("*")) if "Agent Workflow Steps" in p.read_text()
+    )
+    out = {}
+    for block in re.split(r"^#{2,4} ", text, flags=re.M)[1:]:
+        name = block.splitlines()[0].removesuffix(" Agent").strip()
+        if "**Agent Workflow Steps**" in block:
+            out[name] = re.findall(r"^\d+\. \*\*(.+?)\*\*", block, flags=re.M)
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted(large_path: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    return {slug: run(slug, large_path) for slug in AREA_GRAPHS}
+
+
+@pytest.fixture(scope="module")
+def null(null_path: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    return {slug: run(slug, null_path) for slug in AREA_GRAPHS}
+
+
+def finding(out: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(f for f in out["findings"] if f["kind"] == kind)
+
+
+def test_node_names_are_the_documented_steps_in_order() -> None:
+    documented = seed_steps()
+    assert set(documented) == {a.name for a in FOCUS_AREAS.values()}
+    for slug, graph in AREA_GRAPHS.items():
+        nodes = [n for n in graph.get_graph().nodes if not n.startswith("__")]
+        assert nodes == documented[FOCUS_AREAS[slug].name], slug
+
+
+def test_optimization_names_the_planted_lagging_cell_with_its_numbers(
+    planted: dict[str, Any], large_path: Path
+) -> None:
+    out, _ = planted["optimization-opportunities"]
+    df = frame(large_path)
+    cell = (df.customer_segment == "Small Business") & (df.product_type == "Personal Loan")
+    rate = (df[cell].product_recommendation_status == "Accepted").mean()
+    rest = (df[~cell].product_recommendation_status == "Accepted").mean()
+    f = finding(out, "lagging_cell")
+    assert f["title"] == "Small Business customers offered Personal Loan rarely accept"
+    assert f["numbers"]["records"] == cell.sum()
+    assert f["numbers"]["rate"] == pytest.approx(rate)
+    assert f["numbers"]["rest_rate"] == pytest.approx(rest)
+    assert f"{100 * rate:.1f}%" in f["claim"] and f"{100 * rest:.1f}%" in f["claim"]
+    assert f["strength"] == "strong" and f["sample_size"] == cell.sum()
+    report = Report(**out["report"])
+    assert f["id"] in report.headline and "Small Business" in report.headline
+    assert report.ungrounded == [] and report.unknown_finding_ids == []
+    assert any(f["id"] in r.finding_ids for r in report.recommendations)
+
+
+def test_overall_and_strategic_measure_acceptance_by_band(
+    planted: dict[str, Any], large_path: Path
+) -> None:
+    df = frame(large_path)
+    accepted = df.product_recommendation_status == "Accepted"
+    for slug, kind, column in (
+        ("overall-performance", "affinity_acceptance", "customer_product_affinity"),
+        ("strategic-recommendations", "score_acceptance", "recommendation_score"),
+    ):
+        out, _ = planted[slug]
+        f = finding(out, kind)
+        high, low = df[column] >= 0.75, df[column] < 0.25
+        assert f["numbers"]["rate_high"] == pytest.approx(accepted[high].mean())
+        assert f["numbers"]["rate_low"] == pytest.approx(accepted[low].mean())
+        assert f["numbers"]["records_high"] == high.sum()
+        assert f["strength"] == "strong"
+        assert f["id"] in out["report"]["headline"]
+
+
+def test_financial_impact_finds_the_inactive_churn_risk(
+    planted: dict[str, Any], large_path: Path
+) -> None:
+    out, _ = planted["financial-impact"]
+    customers = frame(large_path).drop_duplicates("customer_id")
+    inactive = customers[customers.customer_lifecycle_stage == "Inactive"]
+    f = finding(out, "churn_stage")
+    assert f["title"].startswith("Inactive customers")
+    assert f["numbers"]["customers"] == len(inactive)
+    assert f["numbers"]["churn_stage"] == pytest.approx(
+        inactive.customer_churn_probability.mean(), abs=1e-9
+    )
+    assert f["numbers"]["churn_all"] == pytest.approx(
+        customers.customer_churn_probability.mean(), abs=1e-9
+    )
+    sales = finding(out, "revenue_top_product_type")
+    df = frame(large_path)
+    by_type = df.groupby("product_type").product_sales_amount.sum()
+    assert sales["title"] == f"Sales concentrate in {by_type.idxmax()}"
+    assert sales["numbers"]["total_sales"] == pytest.approx(by_type.max())
+
+
+def test_no_relationship_is_invented_on_a_table_without_any(null: dict[str, Any]) -> None:
+    for slug, (out, _) in null.items():
+        material = [f["title"] for f in out["findings"] if f["strength"] != "descriptive"]
+        assert material == [], slug
+        report = Report(**out["report"])
+        assert "No relationship in this scope is material" in report.headline, slug
+        assert report.ungrounded == [], slug
+
+
+def test_every_step_reports_start_and_finish_with_its_numbers(planted: dict[str, Any]) -> None:
+    for slug, (out, events) in planted.items():
+        steps = [s.name for s in FOCUS_AREAS[slug].steps]
+        starts = [e["step"] for e in events if e["type"] == "step_start"]
+        finishes = [e for e in events if e["type"] == "step_finish"]
+        assert starts == steps and [e["step"] for e in finishes] == steps
+        assert [e["index"] for e in finishes] == list(range(1, len(steps) + 1))
+        assert all(e["total"] == len(steps) for e in finishes)
+        assert all(re.search(r"\d", e["detail"]) for e in finishes), slug
+        assert [s["step"] for s in out["steps"]] == steps
+    first = next(e for e in planted["overall-performance"][1] if e["type"] == "step_finish")
+    assert first["detail"].startswith("20,000 recommendations")
+
+
+def test_scope_reaches_every_query(large_path: Path) -> None:
+    out, events = run(
+        "optimization-opportunities", large_path, segment="Student", date_from="2024-06-01"
+    )
+    df = frame(large_path)
+    scoped = df[
+        (df.customer_segment == "Student") & (df.product_recommendation_date >= "2024-06-01")
+    ]
+    first = next(e for e in events if e["type"] == "step_finish")
+    assert first["detail"].startswith(f"{len(scoped):,} recommendations")
+    report = Report(**out["report"])
+    assert "Student" in report.scope and "2024-06-01" in report.scope
+    assert all(e.parameters.get("f_segment") == "Student" for e in report.evidence)
+    assert all("customer_segment = " in e.sql for e in report.evidence)
+    overview = finding(out, "overview")
+    assert overview["numbers"]["records"] == len(scoped)
+
+
+def test_report_markdown_has_the_sections_findings_and_queries(planted: dict[str, Any]) -> None:
+    for slug, (out, _) in planted.items():
+        report = Report(**out["report"])
+        assert [s.title for s in report.sections] == list(FOCUS_AREAS[slug].sections)
+        md = report.markdown()
+        for title in FOCUS_AREAS[slug].sections:
+            assert f"## {title}" in md
+        assert md.count("```sql") == len(report.evidence) > 0
+        assert "offline analyst" in md
