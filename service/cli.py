@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -349,13 +350,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         date_to=args.date_to.isoformat() if args.date_to else None,
     )
     _filters(args)  # validates the scope before anything runs
+    thread_id = args.thread or str(uuid.uuid4())  # known here, so a stop can name it
     progress = _Progress(quiet=False)
     try:
         result = asyncio.run(
             run_focus(
                 args.focus,
                 context,
-                thread_id=args.thread,
+                thread_id=thread_id,
                 resume=args.resume,
                 question=args.question or "",
                 on_event=progress,
@@ -368,7 +370,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         progress.stop()
         _err(
             "stopped. Finished steps are saved: resume with `finmatch analyze --focus "
-            f"{args.focus} --thread {args.thread or '<thread>'} --resume`."
+            f"{args.focus} --thread {thread_id} --resume`."
         )
         return 130
     finally:

@@ -92,9 +92,14 @@ def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[
     home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_experiment("finmatch")
-    with mlflow.start_span(name=name, span_type="AGENT") as root:
-        mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})
-        yield root
+    try:
+        with mlflow.start_span(name=name, span_type="AGENT") as root:
+            mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})
+            yield root
+    finally:
+        # Spans are exported in the background; wait so the trace is whole when the run
+        # returns (and is not lost when a CLI process exits right after).
+        mlflow.flush_trace_async_logging()
 
 
 @dataclass
@@ -174,6 +179,9 @@ async def run_focus(
                         on_event(chunk)
             except Exception as e:  # recorded on the result; the thread stays resumable
                 result.status, result.error = "failed", f"{type(e).__name__}: {e}"
+                if root is not None:
+                    root.set_status("ERROR")
+                    root.set_outputs({"status": result.status, "error": result.error})
                 return result
             final = await graph.aget_state(config)
             result.status, result.output = "succeeded", dict(final.values)

@@ -1,0 +1,226 @@
+"""Durable runs: failure, cancellation and a killed process all resume where they stopped.
+
+The failing and hanging models stand in for a hosted LLM (none can run here); the graphs,
+the SQLite checkpointer, the warehouse and MLflow are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from graphs.areas import OPTIMIZATION
+from graphs.context import Context
+from service.runs import ThreadError, run_focus
+from tests.graphs import scripted
+from tests.graphs.scripted import ScriptedChatModel, answer, tool_call
+
+ROOT = Path(__file__).resolve().parents[2]
+FOCUS = "optimization-opportunities"
+STEPS = [f"{FOCUS}:{s.name}" for s in OPTIMIZATION.steps]
+
+
+def ctx(path: Path, model: str = "offline") -> Context:
+    return Context(warehouse=f"duckdb:///{path}", model=model, model_retries=0)
+
+
+def test_a_failed_step_resumes_without_redoing_finished_ones(
+    large_path: Path, tmp_path: Path
+) -> None:
+    ck = f"sqlite:///{tmp_path / 'ck.sqlite'}"
+    failed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path, "import:tests.graphs.scripted:failing"),
+            checkpoints=ck,
+            tracing=False,
+        )
+    )
+    assert failed.status == "failed"
+    assert failed.error.startswith("ModelError: Model 'import:tests.graphs.scripted:failing'")
+    assert "503" in failed.error and "can be resumed" in failed.error
+    assert failed.steps_run == STEPS[:5]
+
+    resumed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path),
+            thread_id=failed.thread_id,
+            resume=True,
+            checkpoints=ck,
+            tracing=False,
+        )
+    )
+    assert resumed.status == "succeeded"
+    assert resumed.steps_run == STEPS[4:]
+    assert [s["step"] for s in resumed.output["steps"]] == [s.name for s in OPTIMIZATION.steps]
+    assert resumed.output["report"]["model"] == "offline"
+
+
+def test_threads_are_not_reused_by_mistake(large_path: Path, tmp_path: Path) -> None:
+    ck = f"sqlite:///{tmp_path / 'ck.sqlite'}"
+    with pytest.raises(ThreadError, match="no run to resume"):
+        asyncio.run(
+            run_focus(
+                FOCUS, ctx(large_path), thread_id="t-1", resume=True, checkpoints=ck, tracing=False
+            )
+        )
+    done = asyncio.run(
+        run_focus(FOCUS, ctx(large_path), thread_id="t-1", checkpoints=ck, tracing=False)
+    )
+    assert done.status == "succeeded" and done.steps_run == STEPS
+    with pytest.raises(ThreadError, match="already has a run"):
+        asyncio.run(
+            run_focus(FOCUS, ctx(large_path), thread_id="t-1", checkpoints=ck, tracing=False)
+        )
+    again = asyncio.run(
+        run_focus(
+            FOCUS, ctx(large_path), thread_id="t-1", resume=True, checkpoints=ck, tracing=False
+        )
+    )
+    assert again.status == "succeeded" and again.steps_run == []
+    assert again.output["report"] == done.output["report"]
+
+
+def test_a_cancelled_run_stays_resumable(large_path: Path, tmp_path: Path) -> None:
+    ck = f"sqlite:///{tmp_path / 'ck.sqlite'}"
+
+    async def cancel_at_third_step() -> None:
+        task: asyncio.Task[Any] | None = None
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "step_start" and event["index"] == 3 and task:
+                task.cancel()
+
+        task = asyncio.create_task(
+            run_focus(
+                FOCUS,
+                ctx(large_path),
+                thread_id="t-c",
+                on_event=on_event,
+                checkpoints=ck,
+                tracing=False,
+            )
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_at_third_step())
+    resumed = asyncio.run(
+        run_focus(
+            FOCUS, ctx(large_path), thread_id="t-c", resume=True, checkpoints=ck, tracing=False
+        )
+    )
+    assert resumed.status == "succeeded"
+    assert resumed.steps_run == STEPS[2:]
+    assert len(resumed.output["steps"]) == len(STEPS)
+
+
+def _starts(stderr: str) -> list[str]:
+    return [line[2:].replace(": ", ":", 1) for line in stderr.splitlines() if line.startswith("> ")]
+
+
+def test_a_killed_process_resumes_in_a_new_one(large_path: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "FINMATCH_TEST_MARKER": str(tmp_path / "marker"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    finmatch = str(Path(sys.executable).parent / "finmatch")
+    common = [
+        "analyze",
+        "--focus",
+        FOCUS,
+        "--thread",
+        "t-k",
+        "--no-trace",
+        "--warehouse",
+        f"duckdb:///{large_path}",
+    ]
+    first = subprocess.Popen(
+        [finmatch, *common, "--model", "import:tests.graphs.scripted:hanging"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "marker").exists():
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the run never reached the model step"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    _, err1 = first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert _starts(err1) == STEPS[:5]
+
+    second = subprocess.run(
+        [finmatch, *common, "--resume", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stderr
+    assert _starts(second.stderr) == STEPS[4:]
+    report = json.loads(second.stdout)
+    assert report["thread_id"] == "t-k" and report["focus_area"] == FOCUS
+    assert report["headline"].startswith("Small Business customers offered Personal Loan")
+
+
+def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
+    large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    scripted.CURRENT.append(
+        ScriptedChatModel(
+            replies=[
+                AIMessage(
+                    "", tool_calls=[tool_call("run_catalog_metric", {"metric_id": "revenue"}, "c1")]
+                ),
+                answer(
+                    "Small Business lags [OPT-2].", [(t, "x") for t in OPTIMIZATION.sections], []
+                ),
+            ]
+        )
+    )
+    try:
+        result = asyncio.run(
+            run_focus(
+                FOCUS,
+                ctx(large_path, "import:tests.graphs.scripted:current"),
+                thread_id="t-trace",
+                checkpoints=f"sqlite:///{tmp_path / 'ck.sqlite'}",
+                tracing=True,
+            )
+        )
+    finally:
+        scripted.CURRENT.clear()
+    assert result.status == "succeeded" and result.trace_id
+    trace = mlflow.get_trace(result.trace_id)
+    assert trace is not None
+    names = [s.name for s in trace.data.spans]
+    assert names[0] == f"finmatch:{FOCUS}"
+    for step in OPTIMIZATION.steps:
+        assert step.name in names
+    assert {"query:kpis", "query:acceptance_rates", "model", "tool:run_catalog_metric"} <= set(
+        names
+    )
+    assert names.count("model") == 2
+    assert trace.info.tags["thread_id"] == "t-trace"
+    query = next(s for s in trace.data.spans if s.name == "query:kpis")
+    assert "FROM fpr_records" in query.outputs["sql"]

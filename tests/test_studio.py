@@ -1,0 +1,116 @@
+"""`langgraph dev` serves the five graphs of langgraph.json; the SDK client runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    home = tmp_path_factory.mktemp("studio")
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(home),
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "LANGSMITH_TRACING": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "langgraph"),
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "langgraph dev did not start in 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_the_five_graphs_are_served(server: str) -> None:
+    async def graphs() -> set[str]:
+        client = get_client(url=server)
+        return {a["graph_id"] for a in await client.assistants.search(limit=20)}
+
+    assert asyncio.run(graphs()) == {
+        "overall-performance",
+        "optimization-opportunities",
+        "financial-impact",
+        "strategic-recommendations",
+        "portfolio",
+    }
+
+
+def test_a_graph_runs_through_the_sdk_with_live_steps(server: str, large_path: Path) -> None:
+    async def go() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        client = get_client(url=server)
+        thread = await client.threads.create()
+        events: list[dict[str, Any]] = []
+        async for part in client.runs.stream(
+            thread["thread_id"],
+            "optimization-opportunities",
+            input={"question": "Where does acceptance lag?"},
+            context={"warehouse": f"duckdb:///{large_path}", "segment": "Small Business"},
+            stream_mode="custom",
+        ):
+            if part.event == "custom":
+                events.append(part.data)
+        state = await client.threads.get_state(thread["thread_id"])
+        return events, state["values"]
+
+    events, values = asyncio.run(go())
+    finished = [e["step"] for e in events if e["type"] == "step_finish"]
+    assert finished[0] == "Banking Optimization Data Preparation" and len(finished) == 6
+    report = values["report"]
+    assert report["focus_area"] == "optimization-opportunities"
+    assert "Small Business" in report["scope"]
+    assert "Where does acceptance lag?" in report["sections"][0]["body"]
