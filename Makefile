@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Compile bytecode at install: where PYTHONDONTWRITEBYTECODE is set, every command would
+# otherwise recompile mlflow, langchain and friends from source (seconds per start).
+export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
@@ -22,8 +25,8 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/finmatch seed
-	$(BIN)/finmatch metrics
+	$(BIN)/finmatch seed --if-empty
+	$(BIN)/finmatch analyze --focus all
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,12 +1,14 @@
 """Portfolio: the four focus areas side by side, then an executive summary across them.
 
-Each focus area runs as its own subgraph (its steps stream and checkpoint under its own
-namespace); the four start together and the summary waits for all of them.
+First the metrics the four areas read are run once, in the run's scope; then each focus
+area runs as its own subgraph on that shared evidence (its steps stream and checkpoint
+under its own namespace); the four start together and the summary waits for all of them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+import time
+from typing import Annotated, Any, TypedDict, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -22,6 +24,7 @@ from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.report import Finding, Report
 from graphs.state import InputState
+from graphs.steps import gather
 
 AREA_GRAPHS = {
     "overall-performance": overall_performance.graph,
@@ -29,7 +32,22 @@ AREA_GRAPHS = {
     "financial-impact": financial_impact.graph,
     "strategic-recommendations": strategic_recommendations.graph,
 }
+SHARED_STEP = "Portfolio Data Preparation"
 SUMMARY_STEP = "Executive Summary"
+# What the four areas' data steps read: gathered once, shared by all four (a test checks
+# that no area queries anything else).
+SHARED_METRICS = (
+    "kpis",
+    "distributions",
+    "acceptance_rates",
+    "correlations",
+    "segment_profile",
+    "value_at_risk",
+    "revenue",
+    "churn_by_satisfaction",
+    "monthly_trend",
+    "high_affinity_unconverted",
+)
 
 
 def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +62,7 @@ class PortfolioState(TypedDict):
     """The four reports as they finish, the step records, and the summary."""
 
     question: str
+    shared_evidence: list[dict[str, Any]]
     reports: Annotated[dict[str, dict[str, Any]], _merge]
     steps: Annotated[list[dict[str, Any]], _concat]
     summary: dict[str, Any]
@@ -64,13 +83,36 @@ def _area_node(slug: str) -> Any:
         state: PortfolioState, runtime: Runtime[Context], config: RunnableConfig
     ) -> dict[str, Any]:
         out = await area_graph.ainvoke(
-            {"question": state.get("question", "")}, config, context=runtime.context
+            {
+                "question": state.get("question", ""),
+                "shared_evidence": state.get("shared_evidence") or [],
+            },
+            config,
+            context=runtime.context,
         )
         return {"reports": {slug: out["report"]}, "steps": out["steps"]}
 
     run_area.__name__ = f"run_{slug.replace('-', '_')}"
     run_area.__doc__ = f"Run the {FOCUS_AREAS[slug].name} focus area."
     return run_area
+
+
+async def portfolio_data_preparation(
+    state: PortfolioState, runtime: Runtime[Context]
+) -> dict[str, Any]:
+    """Run each metric the four areas read once, in the run's scope, for all of them."""
+    writer = runtime.stream_writer
+    writer({"type": "step_start", "focus_area": "portfolio", "step": SHARED_STEP})
+    started = time.perf_counter()
+    evidence = await gather(cast(Any, {"evidence": []}), runtime, *SHARED_METRICS)
+    rows = next(e for e in evidence if e["metric_id"] == "kpis")["rows"][0]["records"]
+    detail = (
+        f"{len(evidence)} metrics over {rows:,} recommendations, shared by the four areas, "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    record = {"focus_area": "portfolio", "step": SHARED_STEP, "detail": detail}
+    writer({"type": "step_finish", **record})
+    return {"shared_evidence": evidence, "steps": [record]}
 
 
 async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -123,9 +165,11 @@ async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) ->
 builder = StateGraph(
     PortfolioState, context_schema=Context, input_schema=InputState, output_schema=PortfolioOutput
 )
+builder.add_node(SHARED_STEP, portfolio_data_preparation)
+builder.add_edge(START, SHARED_STEP)
 for _slug in AREA_GRAPHS:
     builder.add_node(FOCUS_AREAS[_slug].name, _area_node(_slug))
-    builder.add_edge(START, FOCUS_AREAS[_slug].name)
+    builder.add_edge(SHARED_STEP, FOCUS_AREAS[_slug].name)
 builder.add_node(SUMMARY_STEP, executive_summary)
 builder.add_edge([FOCUS_AREAS[s].name for s in AREA_GRAPHS], SUMMARY_STEP)
 builder.add_edge(SUMMARY_STEP, END)

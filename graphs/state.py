@@ -12,9 +12,14 @@ from typing import Annotated, Any, TypedDict
 
 
 class InputState(TypedDict, total=False):
-    """What a caller may pass in: an optional question the narrative should answer."""
+    """What a caller may pass in: an optional question the narrative should answer.
+
+    `shared_evidence` is evidence already gathered for the run's scope (the portfolio
+    gathers each metric once for all four areas); steps reuse it instead of querying.
+    """
 
     question: str
+    shared_evidence: list[dict[str, Any]]
 
 
 class OutputState(TypedDict):
@@ -30,6 +35,7 @@ class State(TypedDict):
     """Everything a focus-area run accumulates."""
 
     question: str
+    shared_evidence: list[dict[str, Any]]
     focus_area: str
     evidence: Annotated[list[dict[str, Any]], operator.add]
     findings: Annotated[list[dict[str, Any]], operator.add]

@@ -85,6 +85,11 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
     return wrap
 
 
+def request_key(metric_id: str, params: dict[str, Any] | None = None) -> str:
+    """Return the key under which a metric request's evidence is reused within a run."""
+    return f"{metric_id}:{json.dumps(params or {}, sort_keys=True)}"
+
+
 async def gather(
     state: State, runtime: Runtime[Context], *requests: str | tuple[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -98,12 +103,17 @@ async def gather(
     warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
     out = []
     done = {e.get("request"): e for e in state.get("evidence", []) if e.get("request")}
+    shared = {e.get("request"): e for e in state.get("shared_evidence") or [] if e.get("request")}
     start = len(state.get("evidence", []))
     for request in requests:
         metric_id, params = (request, {}) if isinstance(request, str) else request
-        key = f"{metric_id}:{json.dumps(params, sort_keys=True)}"
+        key = request_key(metric_id, params)
         if key in done:
             out.append(done[key])
+            continue
+        if key in shared:  # gathered once for the whole portfolio run, same scope
+            start += 1
+            out.append({**shared[key], "id": f"E{start}"})
             continue
         with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
             ev = await asyncio.to_thread(

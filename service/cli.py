@@ -157,9 +157,12 @@ def render_dashboard(evidence: dict[str, Evidence], scope: str) -> str:
 # -- commands -----------------------------------------------------------------------------
 def cmd_seed(args: argparse.Namespace) -> int:
     """Generate the synthetic table."""
-    from tools.ingest import seed_table
+    from tools.ingest import seed_table, table_rows
 
     path = _duckdb_target(args, "seed")
+    if args.if_empty and (rows := table_rows(path)):
+        _out(f"{path} already holds {rows:,} records; left as it is (--if-empty).")
+        return 0
     try:
         generator.check_rows(args.rows)
         generator.check_seed(args.seed)
@@ -301,6 +304,13 @@ class _Progress:
             self.status.stop()
 
 
+def _write(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a reader never sees half of it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _save_reports(result: Any) -> list[Path]:
     from graphs.report import Report
     from tools.settings import project_home
@@ -313,15 +323,15 @@ def _save_reports(result: Any) -> list[Path]:
     paths = []
     for slug, data in reports.items():
         report = Report(**data)
-        (folder / f"{slug}.json").write_text(report.model_dump_json(indent=2))
+        _write(folder / f"{slug}.json", report.model_dump_json(indent=2))
         path = folder / f"{slug}.md"
-        path.write_text(report.markdown())
+        _write(path, report.markdown())
         paths.append(path)
     if "summary" in result.output:
         path = folder / "executive-summary.md"
         summary = result.output["summary"]
-        path.write_text(
-            f"# {summary['title']}\n\n_Scope: {summary['scope']}._\n\n{summary['markdown']}\n"
+        _write(
+            path, f"# {summary['title']}\n\n_Scope: {summary['scope']}._\n\n{summary['markdown']}\n"
         )
         paths.insert(0, path)
     return paths
@@ -331,6 +341,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run a focus-area agent (or all four) with live progress."""
     import asyncio
 
+    from graphs.areas import FOCUS_AREAS
     from graphs.context import Context
     from graphs.models import UnknownModel, check_model
     from graphs.report import Report
@@ -411,18 +422,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     reports = result.output.get("reports") or {result.output["focus_area"]: result.output["report"]}
     _out("")
-    for data in reports.values():
+    for data in sorted(reports.values(), key=lambda r: list(FOCUS_AREAS).index(r["focus_area"])):
         report = Report(**data)
         flag = f"  ({len(report.ungrounded)} ungrounded numbers)" if report.ungrounded else ""
         _out(f"{report.title}\n  {report.headline}{flag}")
     _out("")
+    if "summary" in result.output:
+        _out(f"Executive summary: {paths[0]}")
     _out(f"Reports: {paths[0].parent}")
     _out(f"Thread:  {result.thread_id}")
     if result.trace_id:
-        _out(
-            f"Trace:   {result.trace_id} (mlflow ui --backend-store-uri "
-            f"sqlite:///{paths[0].parent.parent.parent / 'mlflow.db'})"
-        )
+        _out(f"Trace:   {result.trace_id} (see it: mlflow ui --backend-store-uri {result.traces})")
     return 0
 
 
@@ -470,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed", type=int, default=generator.DEFAULT_SEED, help="random seed (default %(default)s)"
+    )
+    p.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="only seed when the warehouse has no fpr_records yet (keeps loaded data)",
     )
     p.set_defaults(func=cmd_seed)
 

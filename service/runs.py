@@ -112,6 +112,7 @@ class RunResult:
     output: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     trace_id: str = ""
+    traces: str = ""  # the MLflow tracking URI holding the trace
     steps_run: list[str] = field(default_factory=list)
 
 
@@ -155,7 +156,9 @@ async def run_focus(
         payload = None if resume else {"question": question}
         with run_trace(f"finmatch:{focus}", thread_id, focus, tracing) as root:
             if root is not None:
-                result.trace_id = root.trace_id
+                import mlflow
+
+                result.trace_id, result.traces = root.trace_id, mlflow.get_tracking_uri()
                 root.set_inputs(
                     {
                         "focus": focus,

@@ -99,6 +99,23 @@ def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
     return int(count[0]) if count else 0
 
 
+def table_rows(path: Path) -> int | None:
+    """Return how many records `fpr_records` in the DuckDB file holds; None if it has none."""
+    if not path.exists():
+        return None
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+        ).fetchone()
+        if not found or not found[0]:
+            return None
+        row = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+        return int(row[0]) if row else None
+    finally:
+        con.close()
+
+
 def seed_table(
     path: Path,
     *,

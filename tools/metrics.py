@@ -252,11 +252,10 @@ SEGMENT_PROFILE = _register(
     Metric(
         "segment_profile",
         "Customer segment profile",
-        "Per customer segment: records, distinct customers, average and median account "
+        "Per customer segment: records, average and median account "
         "balance, average transaction value and count, satisfaction, churn probability, "
         "acceptance rate and product sales.",
         f"""SELECT customer_segment, count(*) AS records,
-  count(DISTINCT customer_id) AS customers,
   avg(account_balance) AS avg_account_balance,
   median(account_balance) AS median_account_balance,
   avg(customer_transaction_value) AS avg_transaction_value,
@@ -279,11 +278,22 @@ ACCEPTANCE = _register(
         "affinity_band, score_band, segment x product_type and segment x lifecycle_stage x "
         "product_type (the `breakdown` column names it; columns outside it are empty). "
         "Groups with fewer than `min_records` records are left out.",
-        f"""WITH base AS (
+        # One pass over the table into at most 3,200 cells (segment x stage x product x
+        # affinity band x score band), then every breakdown is rolled up from the cells.
+        f"""WITH cells AS (
   SELECT customer_segment AS segment, customer_lifecycle_stage AS lifecycle_stage,
     product_type, {_AFFINITY_BAND} AS affinity_band, {_SCORE_BAND} AS score_band,
-    {_STATUS}, customer_product_affinity, recommendation_score
+    count(*) AS n,
+    sum(CASE WHEN {_STATUS} = 'Accepted' THEN 1 ELSE 0 END) AS n_accepted,
+    sum(CASE WHEN {_STATUS} = 'Declined' THEN 1 ELSE 0 END) AS n_declined,
+    sum(CASE WHEN {_STATUS} = 'Pending' THEN 1 ELSE 0 END) AS n_pending,
+    sum(CASE WHEN {_STATUS} = 'In Progress' THEN 1 ELSE 0 END) AS n_in_progress,
+    sum(customer_product_affinity) AS sum_affinity,
+    count(customer_product_affinity) AS n_affinity,
+    sum(recommendation_score) AS sum_score,
+    count(recommendation_score) AS n_score
   FROM fpr_records WHERE {{where}}
+  GROUP BY ALL
 )
 SELECT
   CASE WHEN grouping(segment) + grouping(lifecycle_stage) + grouping(product_type) = 0
@@ -295,13 +305,16 @@ SELECT
        WHEN grouping(affinity_band) = 0 THEN 'affinity_band'
        ELSE 'score_band' END AS breakdown,
   segment, lifecycle_stage, product_type, affinity_band, score_band,
-  {_status_counts()},
-  avg(customer_product_affinity) AS avg_affinity,
-  avg(recommendation_score) AS avg_score
-FROM base
+  sum(n) AS records, sum(n_accepted) AS accepted, sum(n_declined) AS declined,
+  sum(n_pending) AS pending, sum(n_in_progress) AS in_progress,
+  sum(n_accepted) / sum(n) AS acceptance_rate,
+  sum(n_declined) / sum(n) AS decline_rate,
+  sum(sum_affinity) / NULLIF(sum(n_affinity), 0) AS avg_affinity,
+  sum(sum_score) / NULLIF(sum(n_score), 0) AS avg_score
+FROM cells
 GROUP BY GROUPING SETS ((segment), (lifecycle_stage), (product_type), (affinity_band),
   (score_band), (segment, product_type), (segment, lifecycle_stage, product_type))
-HAVING count(*) >= :min_records
+HAVING sum(n) >= :min_records
 ORDER BY breakdown, segment, lifecycle_stage, product_type, affinity_band, score_band""",
         {"min_records": (1, "Smallest group size to report")},
     )

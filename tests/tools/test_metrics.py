@@ -68,7 +68,6 @@ def test_segment_profile(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
     for seg, g in df.groupby("customer_segment"):
         r = rows[seg]
         assert r["records"] == len(g)
-        assert r["customers"] == g.customer_id.nunique()
         assert r["avg_account_balance"] == pytest.approx(g.account_balance.mean())
         assert r["median_account_balance"] == pytest.approx(g.account_balance.median())
         assert r["avg_transaction_value"] == pytest.approx(g.customer_transaction_value.mean())

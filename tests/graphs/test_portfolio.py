@@ -1,0 +1,46 @@
+"""The portfolio graph: shared evidence, four areas in parallel, an executive summary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graphs import steps
+from graphs.areas import FOCUS_AREAS
+from graphs.context import Context
+from graphs.portfolio import SHARED_METRICS, SHARED_STEP, SUMMARY_STEP, graph
+
+
+def test_each_metric_runs_once_for_all_four_areas(
+    large_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: Counter[str] = Counter()
+    real = steps.run_metric
+
+    def counting(warehouse: Any, metric_id: str, *args: Any, **kwargs: Any) -> Any:
+        calls[metric_id] += 1
+        return real(warehouse, metric_id, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "run_metric", counting)
+    out = asyncio.run(
+        graph.ainvoke({"question": ""}, context=Context(warehouse=f"duckdb:///{large_path}"))
+    )
+    assert calls == Counter({m: 1 for m in SHARED_METRICS})
+    assert out["steps"][0]["step"] == SHARED_STEP
+    assert out["steps"][-1]["step"] == SUMMARY_STEP
+    assert set(out["reports"]) == set(FOCUS_AREAS)
+    for slug, report in out["reports"].items():
+        ids = [e["id"] for e in report["evidence"]]
+        assert ids == [f"E{i + 1}" for i in range(len(ids))], slug
+        assert {e["metric_id"] for e in report["evidence"]} <= set(SHARED_METRICS)
+        assert report["ungrounded"] == []
+    opt = out["reports"]["optimization-opportunities"]
+    assert opt["headline"].startswith("Small Business customers offered Personal Loan")
+    summary = out["summary"]["markdown"]
+    for area in FOCUS_AREAS.values():
+        assert f"**{area.name}:**" in summary
+    assert "## Strongest findings" in summary and "## First actions" in summary
