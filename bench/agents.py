@@ -16,26 +16,22 @@ would get per area, which should not grow with the table.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from children import PEAK, ROOT, run_child  # noqa: E402
 
-COMMON = """
+COMMON = (
+    PEAK
+    + """
 import asyncio, json, sys, time
 from graphs.context import Context
 from graphs.portfolio import graph
 from graphs.resources import warehouse_for
 
-def peak_kb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 NUMERIC = ["recommendation_score", "customer_satisfaction_score", "customer_churn_probability",
     "product_sales_amount", "customer_transaction_value", "account_balance",
@@ -54,6 +50,7 @@ def scan():
     rows = wh.run(SCAN)
     return time.perf_counter() - t, rows
 """
+)
 
 SCAN_CHILD = (
     COMMON
@@ -78,15 +75,6 @@ print(json.dumps({"seconds": seconds, "peak_kb": peak_kb(), "base_kb": base,
 )
 
 
-def _child(code: str, *args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     """Measure each size and print the figures."""
     sys.path.insert(0, str(ROOT))
@@ -106,8 +94,8 @@ def main() -> None:
                 f"[{rows:>12,} rows] seeded in {time.perf_counter() - t:.1f} s; measuring ...",
                 flush=True,
             )
-            scan = _child(SCAN_CHILD, str(path))
-            agents = _child(AGENTS_CHILD, str(path))
+            scan = run_child(SCAN_CHILD, str(path))
+            agents = run_child(AGENTS_CHILD, str(path))
             print(f"    {agents['shared']}", flush=True)
             results.append((rows, scan, agents))
             path.unlink()

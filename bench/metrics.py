@@ -14,24 +14,13 @@ speed-up and both peaks; the catalog's peak should not grow with rows.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Peak memory is VmHWM of the child's own address space: ru_maxrss would carry over the
-# parent's high-water mark across exec on Linux (the parent has just written the table).
-PEAK = """
-def peak_kb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from children import PEAK, ROOT, run_child  # noqa: E402
 
 CATALOG_CHILD = (
     PEAK
@@ -90,17 +79,6 @@ print(json.dumps({"seconds": seconds, "peak_kb": peak, "base_kb": base,
 )
 
 
-def _child(code: str, *args: str) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     """Run the comparison for each size and print the figures."""
     sys.path.insert(0, str(ROOT))
@@ -119,9 +97,9 @@ def main() -> None:
             seed_table(path, rows=rows)
             seeded = time.perf_counter() - t
             print(f"[{rows:>12,} rows] seeded in {seeded:.1f} s; measuring ...", flush=True)
-            cat = _child(CATALOG_CHILD, str(path), str(args.repeat), "1GB")
-            small = _child(CATALOG_CHILD, str(path), str(args.repeat), "256MB")
-            pdx = _child(PANDAS_CHILD, str(path))
+            cat = run_child(CATALOG_CHILD, str(path), str(args.repeat), "1GB")
+            small = run_child(CATALOG_CHILD, str(path), str(args.repeat), "256MB")
+            pdx = run_child(PANDAS_CHILD, str(path))
             assert cat["records"] == small["records"] == pdx["records"] == rows
             results.append((rows, seeded, cat, small, pdx))
             path.unlink()

@@ -7,12 +7,18 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs import detectors as d
-from graphs.analyst import analyse
 from graphs.areas import FINANCIAL as AREA
-from graphs.compose import build_report
 from graphs.context import Context
 from graphs.state import State
-from graphs.steps import area_step, gather, kinds, linear_builder, number
+from graphs.steps import (
+    analysis_node,
+    area_step,
+    gather,
+    kinds,
+    linear_builder,
+    number,
+    report_node,
+)
 
 
 @area_step(AREA, 0)
@@ -79,21 +85,9 @@ async def banking_portfolio_efficiency_analysis(
     )
 
 
-@area_step(AREA, 4)
-async def ai_banking_financial_modeling(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Have the selected model write the financial narrative and actions."""
-    return await analyse(AREA, dict(state), runtime.context)
+ai_banking_financial_modeling = analysis_node(AREA, 4)
 
-
-@area_step(AREA, 5)
-async def banking_economics_report_generation(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Compile the financial impact report and check its numbers."""
-    return build_report(AREA, dict(state), runtime.context)
-
+banking_economics_report_generation = report_node(AREA, 5)
 
 builder = linear_builder(
     AREA,

@@ -7,12 +7,18 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs import detectors as d
-from graphs.analyst import analyse
 from graphs.areas import OPTIMIZATION as AREA
-from graphs.compose import build_report
 from graphs.context import Context
 from graphs.state import State
-from graphs.steps import area_step, gather, kinds, linear_builder, number
+from graphs.steps import (
+    analysis_node,
+    area_step,
+    gather,
+    kinds,
+    linear_builder,
+    number,
+    report_node,
+)
 
 
 @area_step(AREA, 0)
@@ -72,21 +78,9 @@ async def core_banking_system_integration_optimization(
     )
 
 
-@area_step(AREA, 4)
-async def ai_banking_optimization_intelligence(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Have the selected model write targeting recommendations."""
-    return await analyse(AREA, dict(state), runtime.context)
+ai_banking_optimization_intelligence = analysis_node(AREA, 4)
 
-
-@area_step(AREA, 5)
-async def banking_strategy_finalization(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Compile the optimisation report and check its numbers."""
-    return build_report(AREA, dict(state), runtime.context)
-
+banking_strategy_finalization = report_node(AREA, 5)
 
 builder = linear_builder(
     AREA,

@@ -7,12 +7,18 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs import detectors as d
-from graphs.analyst import analyse
 from graphs.areas import OVERALL as AREA
-from graphs.compose import build_report
 from graphs.context import Context
 from graphs.state import State
-from graphs.steps import area_step, gather, kinds, linear_builder, number
+from graphs.steps import (
+    analysis_node,
+    area_step,
+    gather,
+    kinds,
+    linear_builder,
+    number,
+    report_node,
+)
 
 
 @area_step(AREA, 0)
@@ -65,21 +71,9 @@ async def banking_pattern_recognition(
     )
 
 
-@area_step(AREA, 3)
-async def ai_banking_intelligence_processing(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Have the selected model write the narrative and recommendations."""
-    return await analyse(AREA, dict(state), runtime.context)
+ai_banking_intelligence_processing = analysis_node(AREA, 3)
 
-
-@area_step(AREA, 4)
-async def financial_services_report_compilation(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Compile the report and check every number in it against the evidence."""
-    return build_report(AREA, dict(state), runtime.context)
-
+financial_services_report_compilation = report_node(AREA, 4)
 
 builder = linear_builder(
     AREA,

@@ -17,7 +17,9 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from graphs.analyst import analyse
 from graphs.areas import FocusArea
+from graphs.compose import build_report
 from graphs.context import Context
 from graphs.report import Finding
 from graphs.resources import warehouse_for
@@ -158,3 +160,25 @@ def linear_builder(area: FocusArea, nodes: list[Node]) -> StateGraph[Any, Any, A
         previous = step.name
     builder.add_edge(previous, END)
     return builder
+
+
+def analysis_node(area: FocusArea, index: int) -> Node:
+    """Return the AI step of `area`: the selected model writes narrative and actions."""
+
+    async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
+        return await analyse(area, dict(state), runtime.context)
+
+    body.__name__ = snake(area.steps[index].name)
+    body.__doc__ = f"{area.steps[index].description}."
+    return area_step(area, index)(body)
+
+
+def report_node(area: FocusArea, index: int) -> Node:
+    """Return the report step of `area`: build the Report and check its grounding."""
+
+    async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
+        return build_report(area, dict(state), runtime.context)
+
+    body.__name__ = snake(area.steps[index].name)
+    body.__doc__ = f"{area.steps[index].description}."
+    return area_step(area, index)(body)

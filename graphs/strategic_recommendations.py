@@ -7,12 +7,18 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graphs import detectors as d
-from graphs.analyst import analyse
 from graphs.areas import STRATEGIC as AREA
-from graphs.compose import build_report
 from graphs.context import Context
 from graphs.state import State
-from graphs.steps import area_step, gather, kinds, linear_builder, number
+from graphs.steps import (
+    analysis_node,
+    area_step,
+    gather,
+    kinds,
+    linear_builder,
+    number,
+    report_node,
+)
 
 
 @area_step(AREA, 0)
@@ -73,21 +79,9 @@ async def digital_banking_strategy_development(
     return {"evidence": [acc, var], "findings": findings}, kinds(findings)
 
 
-@area_step(AREA, 4)
-async def ai_banking_strategic_processing(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Have the selected model write the strategic narrative and roadmap."""
-    return await analyse(AREA, dict(state), runtime.context)
+ai_banking_strategic_processing = analysis_node(AREA, 4)
 
-
-@area_step(AREA, 5)
-async def digital_banking_report_generation(
-    state: State, runtime: Runtime[Context]
-) -> tuple[dict[str, Any], str]:
-    """Compile the roadmap report and check its numbers."""
-    return build_report(AREA, dict(state), runtime.context)
-
+digital_banking_report_generation = report_node(AREA, 5)
 
 builder = linear_builder(
     AREA,
