@@ -214,11 +214,14 @@ DISTRIBUTIONS = _register(
         "Record counts, share within the breakdown and product sales for each value of "
         "each breakdown, computed in one pass with GROUPING SETS; the top `top_n` values "
         "of each breakdown by records.",
+        # One pass into status x band x stage x product x segment cells (at most 3,200),
+        # then each breakdown is rolled up from the cells.
         f"""WITH base AS (
   SELECT {_STATUS} AS status, {_AFFINITY_BAND} AS affinity_band,
     customer_lifecycle_stage AS stage, product_type, customer_segment AS segment,
-    product_sales_amount
+    count(*) AS n, sum(product_sales_amount) AS sales
   FROM fpr_records WHERE {{where}}
+  GROUP BY ALL
 ), grouped AS (
   SELECT
     CASE WHEN grouping(status) = 0 THEN 'recommendation_status'
@@ -231,8 +234,8 @@ DISTRIBUTIONS = _register(
          WHEN grouping(stage) = 0 THEN stage
          WHEN grouping(product_type) = 0 THEN product_type
          ELSE segment END, '(missing)') AS value,
-    count(*) AS records,
-    sum(product_sales_amount) AS product_sales
+    sum(n) AS records,
+    sum(sales) AS product_sales
   FROM base
   GROUP BY GROUPING SETS ((status), (affinity_band), (stage), (product_type), (segment))
 ), ranked AS (
@@ -364,29 +367,47 @@ VALUE_AT_RISK = _register(
         "Per customer (latest record by last_updated_epoch): account balance and product "
         "sales weighted by churn probability, summed overall, by segment and by lifecycle "
         "stage; with customers at high risk (churn probability >= `high_risk`).",
-        """WITH customers AS (
+        # Segment and stage are carried through the per-customer step as a small integer
+        # profile code: arg_max over strings costs twice as much as the whole rest.
+        """WITH profiles AS (
+  SELECT seg, stage, row_number() OVER (ORDER BY seg, stage) AS profile
+  FROM (
+    SELECT DISTINCT customer_segment AS seg, customer_lifecycle_stage AS stage
+    FROM fpr_records WHERE {where}
+  ) AS d
+), customers AS (
   SELECT customer_id,
-    arg_max(customer_segment, last_updated_epoch) AS customer_segment,
-    arg_max(customer_lifecycle_stage, last_updated_epoch) AS customer_lifecycle_stage,
+    arg_max(p.profile, last_updated_epoch) AS profile,
     arg_max(account_balance, last_updated_epoch) AS account_balance,
     arg_max(customer_churn_probability, last_updated_epoch) AS churn_probability,
     sum(product_sales_amount) AS product_sales
-  FROM fpr_records WHERE {where}
+  FROM fpr_records JOIN profiles AS p
+    ON p.seg IS NOT DISTINCT FROM customer_segment
+    AND p.stage IS NOT DISTINCT FROM customer_lifecycle_stage
+  WHERE {where}
   GROUP BY customer_id
+), cells AS (
+  SELECT profile, count(*) AS customers,
+    sum(account_balance) AS total_balance,
+    sum(account_balance * churn_probability) AS balance_at_risk,
+    sum(product_sales * churn_probability) AS sales_at_risk,
+    sum(churn_probability) AS sum_churn, count(churn_probability) AS n_churn,
+    sum(CASE WHEN churn_probability >= :high_risk THEN 1 ELSE 0 END) AS high_risk
+  FROM customers GROUP BY profile
 )
 SELECT
-  CASE WHEN grouping(customer_segment) = 0 THEN 'segment'
-       WHEN grouping(customer_lifecycle_stage) = 0 THEN 'lifecycle_stage'
+  CASE WHEN grouping(p.seg) = 0 THEN 'segment'
+       WHEN grouping(p.stage) = 0 THEN 'lifecycle_stage'
        ELSE 'total' END AS breakdown,
-  customer_segment, customer_lifecycle_stage,
-  count(*) AS customers,
-  sum(account_balance) AS total_balance,
-  sum(account_balance * churn_probability) AS balance_at_risk,
-  sum(product_sales * churn_probability) AS sales_at_risk,
-  avg(churn_probability) AS avg_churn_probability,
-  sum(CASE WHEN churn_probability >= :high_risk THEN 1 ELSE 0 END) AS high_risk_customers
-FROM customers
-GROUP BY GROUPING SETS ((), (customer_segment), (customer_lifecycle_stage))
+  p.seg AS customer_segment, p.stage AS customer_lifecycle_stage,
+  sum(c.customers) AS customers,
+  sum(c.total_balance) AS total_balance,
+  sum(c.balance_at_risk) AS balance_at_risk,
+  sum(c.sales_at_risk) AS sales_at_risk,
+  sum(c.sum_churn) / NULLIF(sum(c.n_churn), 0) AS avg_churn_probability,
+  sum(c.high_risk) AS high_risk_customers
+FROM cells AS c JOIN profiles AS p ON p.profile = c.profile
+GROUP BY GROUPING SETS ((), (p.seg), (p.stage))
 ORDER BY breakdown, balance_at_risk DESC""",
         {"high_risk": (0.6, "Churn probability from which a customer counts as high risk")},
     )
@@ -418,15 +439,25 @@ MONTHLY_TREND = _register(
         "Recommendations and acceptance by month",
         "Per month of product_recommendation_date: records, accepted, acceptance rate, "
         "product sales, average score and affinity.",
-        f"""SELECT CAST(date_trunc('month', product_recommendation_date) AS DATE) AS month,
-  count(*) AS records,
-  sum(CASE WHEN {_STATUS} = 'Accepted' THEN 1 ELSE 0 END) AS accepted,
-  avg({_ACCEPTED}) AS acceptance_rate,
-  sum(product_sales_amount) AS product_sales,
-  avg(recommendation_score) AS avg_score,
-  avg(customer_product_affinity) AS avg_affinity
-FROM fpr_records WHERE {{where}}
-GROUP BY 1 ORDER BY 1""",
+        # Days first (547 groups, no date arithmetic per row), then months from the days.
+        f"""WITH days AS (
+  SELECT product_recommendation_date AS day, count(*) AS n,
+    sum(CASE WHEN {_STATUS} = 'Accepted' THEN 1 ELSE 0 END) AS n_accepted,
+    sum(product_sales_amount) AS sales,
+    sum(recommendation_score) AS sum_score, count(recommendation_score) AS n_score,
+    sum(customer_product_affinity) AS sum_affinity,
+    count(customer_product_affinity) AS n_affinity
+  FROM fpr_records WHERE {{where}}
+  GROUP BY product_recommendation_date
+)
+SELECT CAST(date_trunc('month', day) AS DATE) AS month,
+  sum(n) AS records,
+  sum(n_accepted) AS accepted,
+  sum(n_accepted) / sum(n) AS acceptance_rate,
+  sum(sales) AS product_sales,
+  sum(sum_score) / NULLIF(sum(n_score), 0) AS avg_score,
+  sum(sum_affinity) / NULLIF(sum(n_affinity), 0) AS avg_affinity
+FROM days GROUP BY 1 ORDER BY 1""",
     )
 )
 
@@ -437,27 +468,34 @@ UNCONVERTED = _register(
         "Recommendations with affinity >= `min_affinity` that are not Accepted, by "
         "product_type, by segment and overall (`breakdown`), with the sales they would "
         "bring at the average accepted sale of their product type.",
-        f"""WITH f AS (
-  SELECT * FROM fpr_records WHERE {{where}}
+        # One pass into product x segment x status x high-affinity cells; the average
+        # accepted sale per product and the pool are both rolled up from the cells.
+        f"""WITH cells AS (
+  SELECT product_type, customer_segment, {_STATUS} AS status,
+    customer_product_affinity >= :min_affinity AS high_affinity,
+    count(*) AS n,
+    sum(product_sales_amount) AS sales, count(product_sales_amount) AS n_sales,
+    sum(customer_product_affinity) AS sum_affinity
+  FROM fpr_records WHERE {{where}}
+  GROUP BY ALL
 ), ticket AS (
-  SELECT product_type,
-    avg(CASE WHEN {_STATUS} = 'Accepted' THEN product_sales_amount END) AS avg_sale
-  FROM f GROUP BY product_type
+  SELECT product_type, sum(sales) / NULLIF(sum(n_sales), 0) AS avg_sale
+  FROM cells WHERE status = 'Accepted' GROUP BY product_type
 )
 SELECT
-  CASE WHEN grouping(f.product_type) = 0 THEN 'product_type'
-       WHEN grouping(f.customer_segment) = 0 THEN 'segment'
+  CASE WHEN grouping(c.product_type) = 0 THEN 'product_type'
+       WHEN grouping(c.customer_segment) = 0 THEN 'segment'
        ELSE 'total' END AS breakdown,
-  f.product_type, f.customer_segment,
-  count(*) AS records,
-  sum(CASE WHEN f.{_STATUS} = 'Pending' THEN 1 ELSE 0 END) AS pending,
-  sum(CASE WHEN f.{_STATUS} = 'In Progress' THEN 1 ELSE 0 END) AS in_progress,
-  sum(CASE WHEN f.{_STATUS} = 'Declined' THEN 1 ELSE 0 END) AS declined,
-  avg(f.customer_product_affinity) AS avg_affinity,
-  sum(COALESCE(t.avg_sale, 0)) AS potential_sales
-FROM f JOIN ticket AS t ON t.product_type = f.product_type
-WHERE f.customer_product_affinity >= :min_affinity AND f.{_STATUS} <> 'Accepted'
-GROUP BY GROUPING SETS ((), (f.product_type), (f.customer_segment))
+  c.product_type, c.customer_segment,
+  sum(c.n) AS records,
+  sum(CASE WHEN c.status = 'Pending' THEN c.n ELSE 0 END) AS pending,
+  sum(CASE WHEN c.status = 'In Progress' THEN c.n ELSE 0 END) AS in_progress,
+  sum(CASE WHEN c.status = 'Declined' THEN c.n ELSE 0 END) AS declined,
+  sum(c.sum_affinity) / sum(c.n) AS avg_affinity,
+  sum(c.n * COALESCE(t.avg_sale, 0)) AS potential_sales
+FROM cells AS c LEFT JOIN ticket AS t ON t.product_type = c.product_type
+WHERE c.high_affinity AND c.status <> 'Accepted'
+GROUP BY GROUPING SETS ((), (c.product_type), (c.customer_segment))
 ORDER BY breakdown, potential_sales DESC""",
         {"min_affinity": (0.7, "Affinity from which a recommendation counts as high")},
     )
