@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,3 +64,31 @@ def frame(path: Path, sql: str = "SELECT * FROM fpr_records") -> pd.DataFrame:
             return con.execute(sql).df()
         finally:
             con.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (run as `postgres` when tests run as root)."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="finmatch-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = {"check": True, "capture_output": True, "timeout": 120}
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data / "db"), "-A", "trust", "-U", "finmatch"], **run
+    )
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    start = [*as_user, pg_ctl, "-D", str(data / "db"), "-o", options, "-l", str(data / "log")]
+    subprocess.run([*start, "-w", "start"], **run)
+    try:
+        yield f"postgresql://finmatch@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "fast", "stop"], **run)
+        shutil.rmtree(data, ignore_errors=True)

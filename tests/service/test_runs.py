@@ -224,3 +224,26 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     assert trace.info.tags["thread_id"] == "t-trace"
     query = next(s for s in trace.data.spans if s.name == "query:kpis")
     assert "FROM fpr_records" in query.outputs["sql"]
+
+
+def test_postgres_checkpoints_resume_a_failed_run(large_path: Path, postgres_url: str) -> None:
+    failed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path, "import:tests.graphs.scripted:failing"),
+            checkpoints=postgres_url,
+            tracing=False,
+        )
+    )
+    assert failed.status == "failed" and failed.steps_run == STEPS[:5]
+    resumed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path),
+            thread_id=failed.thread_id,
+            resume=True,
+            checkpoints=postgres_url,
+            tracing=False,
+        )
+    )
+    assert resumed.status == "succeeded" and resumed.steps_run == STEPS[4:]
