@@ -347,6 +347,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from graphs.report import Report
     from service.runs import ThreadError, run_focus
 
+    if args.resume and not args.thread:
+        raise CliError("--resume needs --thread ID: the thread of the run to resume.", EXIT_USAGE)
     try:
         check_model(args.model)
     except UnknownModel as e:

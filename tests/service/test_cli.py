@@ -96,3 +96,42 @@ def test_installed_entry_point(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "only queries may run; this statement is DELETE" in done.stderr
+
+
+def test_analyze_all_saves_reports_and_prints_headlines(
+    large_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FINMATCH_HOME", str(tmp_path / "home"))
+    wh = f"duckdb:///{large_path}"
+    code = main(["analyze", "--focus", "all", "--no-trace", "--thread", "t1", "--warehouse", wh])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Small Business customers offered Personal Loan rarely accept [OPT-" in captured.out
+    assert "done portfolio: Executive Summary - 4 reports" in captured.err
+    folder = tmp_path / "home" / "reports" / "t1"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(
+        ["executive-summary.md"]
+        + [
+            f"{s}.{ext}"
+            for s in (
+                "overall-performance",
+                "optimization-opportunities",
+                "financial-impact",
+                "strategic-recommendations",
+            )
+            for ext in ("md", "json")
+        ]
+    )
+    assert f"Reports: {folder}" in captured.out
+
+
+def test_analyze_usage_errors(wh: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--focus", "all", "--resume", "--warehouse", wh]) == 2
+    assert "--resume needs --thread" in capsys.readouterr().err
+    assert main(["analyze", "--focus", "all", "--model", "gpt-9", "--warehouse", wh]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown model 'gpt-9'; available: offline" in err
