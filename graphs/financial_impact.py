@@ -16,6 +16,7 @@ from graphs.steps import (
     gather,
     kinds,
     linear_builder,
+    load_overview,
     number,
     report_node,
 )
@@ -26,10 +27,8 @@ async def banking_financial_data_integration(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
     """Load the financial KPIs for the run's scope."""
-    (kpis,) = await gather(state, runtime, "kpis")
-    findings = number(state, AREA, d.portfolio_overview(kpis))
-    k = kpis["rows"][0]
-    return {"evidence": [kpis], "findings": findings}, (
+    k, update, _ = await load_overview(state, runtime, AREA)
+    return update, (
         f"{k['records']:,} recommendations, {d.money(k['total_product_sales'] or 0)} in sales"
     )
 

@@ -16,6 +16,7 @@ from graphs.steps import (
     gather,
     kinds,
     linear_builder,
+    load_overview,
     number,
     report_node,
 )
@@ -26,10 +27,8 @@ async def banking_optimization_data_preparation(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
     """Load the KPIs and distributions the optimisation starts from."""
-    kpis, dist = await gather(state, runtime, "kpis", "distributions")
-    findings = number(state, AREA, d.portfolio_overview(kpis))
-    k = kpis["rows"][0]
-    return {"evidence": [kpis, dist], "findings": findings}, (
+    k, update, _ = await load_overview(state, runtime, AREA, "distributions")
+    return update, (
         f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}"
     )
 

@@ -16,6 +16,7 @@ from graphs.steps import (
     gather,
     kinds,
     linear_builder,
+    load_overview,
     number,
     report_node,
 )
@@ -26,15 +27,13 @@ async def banking_customer_data_initialization(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
     """Load the portfolio's KPIs and distributions for the run's scope."""
-    kpis, dist = await gather(state, runtime, "kpis", "distributions")
-    findings = number(state, AREA, d.portfolio_overview(kpis))
-    k = kpis["rows"][0]
+    k, update, (dist,) = await load_overview(state, runtime, AREA, "distributions")
     products = sum(1 for r in dist["rows"] if r["dimension"] == "product_type")
     detail = (
         f"{k['records']:,} recommendations, {products} product types, "
         f"acceptance {d.pct(k['acceptance_rate'] or 0)}"
     )
-    return {"evidence": [kpis, dist], "findings": findings}, detail
+    return update, detail
 
 
 @area_step(AREA, 1)

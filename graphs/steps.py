@@ -21,6 +21,7 @@ from graphs.analyst import analyse
 from graphs.areas import FocusArea
 from graphs.compose import build_report
 from graphs.context import Context
+from graphs.detectors import portfolio_overview
 from graphs.report import Finding
 from graphs.resources import warehouse_for
 from graphs.state import InputState, OutputState, State
@@ -126,6 +127,22 @@ async def gather(
         start += 1
         out.append({"id": f"E{start}", "request": key, **ev.model_dump(mode="json")})
     return out
+
+
+async def load_overview(
+    state: State, runtime: Runtime[Context], area: FocusArea, *more: str
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Run the KPIs (and `more` metrics) for an area's first step.
+
+    Returns the KPI row, the step's update (evidence and the portfolio overview finding)
+    and the evidence of `more`, in order.
+    """
+    kpis, *rest = await gather(state, runtime, "kpis", *more)
+    update = {
+        "evidence": [kpis, *rest],
+        "findings": number(state, area, portfolio_overview(kpis)),
+    }
+    return kpis["rows"][0], update, rest
 
 
 def number(state: State, area: FocusArea, findings: list[Finding]) -> list[dict[str, Any]]:
