@@ -48,8 +48,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--config",
+            str(ROOT / "langgraph.json"),
         ],
-        cwd=ROOT,
+        cwd=home,  # the in-memory server keeps its state in ./.langgraph_api
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
