@@ -7,6 +7,7 @@ numbers that match nothing are listed in `Report.ungrounded`, and the markdown m
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Iterable
@@ -206,8 +207,21 @@ def grounding_pool(evidence: list[dict[str, Any]], findings: list[Finding]) -> l
     return pool
 
 
+def _grounded(ordered: list[float], value: float, tol: float) -> bool:
+    """Return whether a sorted pool holds a number within `tol` of `value` (rounding)."""
+    slack = tol + 2e-9 * max(1.0, abs(value) + tol)
+    i = bisect.bisect_left(ordered, value - slack)
+    while i < len(ordered) and ordered[i] <= value + slack:
+        p = ordered[i]
+        if abs(p - value) <= tol + 1e-9 * max(1.0, abs(p)):
+            return True
+        i += 1
+    return False
+
+
 def check_grounding(texts: Iterable[str], pool: list[float]) -> tuple[int, list[str]]:
     """Return how many numbers the texts state and those matching nothing in `pool`."""
+    ordered = sorted(pool)
     checked, ungrounded = 0, []
     for text in texts:
         for token in narrative_numbers(text):
@@ -216,11 +230,7 @@ def check_grounding(texts: Iterable[str], pool: list[float]) -> tuple[int, list[
                 readings = _candidates(token)
             except ValueError:
                 continue
-            ok = any(
-                abs(p - value) <= tol + 1e-9 * max(1.0, abs(p))
-                for value, tol in readings
-                for p in pool
-            )
+            ok = any(_grounded(ordered, value, tol) for value, tol in readings)
             if not ok and token not in ungrounded:
                 ungrounded.append(token)
     return checked, ungrounded
