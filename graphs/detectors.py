@@ -208,8 +208,6 @@ def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ())
             continue
         if frozenset((r["column_a"], r["column_b"])) in skip:
             continue
-        if "last_updated_epoch" in (r["column_a"], r["column_b"]):
-            continue  # when a row was last synced says nothing about the customer
         a, b = r["column_a"], r["column_b"]
         la, lb = LABELS.get(a, a), LABELS.get(b, b)
         direction = "rises" if value > 0 else "falls"
@@ -236,8 +234,12 @@ def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ())
 
 
 def segment_balances(ev: Ev) -> list[Finding]:
-    """Spread of median balances across segments."""
-    rows = [r for r in _rows(ev) if r["records"] >= MIN_GROUP and r["median_account_balance"]]
+    """Spread of customers' median balances across segments (value_at_risk evidence)."""
+    rows = [
+        r
+        for r in _rows(ev, "segment")
+        if r["customers"] >= MIN_GROUP and r["median_account_balance"]
+    ]
     if len(rows) < 2:
         return []
     hi = max(rows, key=lambda r: r["median_account_balance"])
@@ -263,7 +265,7 @@ def segment_balances(ev: Ev) -> list[Finding]:
             evidence_ids=[ev["id"]],
             effect_size=round(ratio, 1),
             effect_unit="x",
-            sample_size=int(hi["records"] + lo["records"]),
+            sample_size=int(hi["customers"] + lo["customers"]),
             strength=_strength(ratio, 5.0),
         )
     ]

@@ -74,12 +74,17 @@ async def banking_portfolio_efficiency_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
     """Compare segments' balances and conversion; size the cross-sell pool."""
-    profile, pool, acc = await gather(
-        state, runtime, "segment_profile", "high_affinity_unconverted", "acceptance_rates"
+    profile, var, pool, acc = await gather(
+        state,
+        runtime,
+        "segment_profile",
+        "value_at_risk",
+        "high_affinity_unconverted",
+        "acceptance_rates",
     )
-    found = d.segment_balances(profile) + d.unconverted(pool) + d.lagging_cells(acc, limit=2)
+    found = d.segment_balances(var) + d.unconverted(pool) + d.lagging_cells(acc, limit=2)
     findings = number(state, AREA, found)
-    return {"evidence": [profile, pool, acc], "findings": findings}, (
+    return {"evidence": [profile, var, pool, acc], "findings": findings}, (
         f"{profile['row_count']} segments, {kinds(findings)}"
     )
 

@@ -63,7 +63,7 @@ async def banking_pattern_recognition(
     corr, profile, var = await gather(
         state, runtime, "correlations", "segment_profile", "value_at_risk"
     )
-    found = d.correlations(corr) + d.segment_balances(profile) + d.churn_by_stage(var)
+    found = d.correlations(corr) + d.segment_balances(var) + d.churn_by_stage(var)
     findings = number(state, AREA, found)
     return {"evidence": [corr, profile, var], "findings": findings}, (
         f"{corr['row_count']} column pairs, {profile['row_count']} segments, {kinds(findings)}"

@@ -26,7 +26,7 @@ from graphs.report import Finding
 from graphs.resources import warehouse_for
 from graphs.state import InputState, OutputState, State
 from graphs.tracing import span
-from tools.metrics import run_metric
+from tools.metrics import MetricBatch
 
 StepBody = Callable[[State, Runtime[Context]], Awaitable[tuple[dict[str, Any], str]]]
 Node = Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]
@@ -99,33 +99,55 @@ async def gather(
     """Run catalog metrics in the run's scope (off the event loop); return Evidence dicts.
 
     A metric an earlier step already ran with the same parameters is not run again: its
-    evidence is returned as it is (the step wrapper keeps it from being added twice).
+    evidence is returned as it is (the step wrapper keeps it from being added twice). The
+    rest run as one `MetricBatch`: the cell metrics among them share one pass of the table.
     """
     ctx = runtime.context
-    filters = ctx.filters()
-    warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
-    out = []
     done = {e.get("request"): e for e in state.get("evidence", []) if e.get("request")}
     shared = {e.get("request"): e for e in state.get("shared_evidence") or [] if e.get("request")}
-    start = len(state.get("evidence", []))
+    found: list[dict[str, Any] | None] = []
+    pending: list[tuple[int, str, dict[str, Any], str]] = []
     for request in requests:
         metric_id, params = (request, {}) if isinstance(request, str) else request
         key = request_key(metric_id, params)
         if key in done:
-            out.append(done[key])
-            continue
-        if key in shared:  # gathered once for the whole portfolio run, same scope
-            start += 1
-            out.append({**shared[key], "id": f"E{start}"})
-            continue
-        with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
-            ev = await asyncio.to_thread(
-                run_metric, warehouse, metric_id, filters, params, timeout_s=ctx.query_timeout_s
-            )
-            if s is not None:
-                s.set_outputs({"row_count": ev.row_count, "sql": ev.sql})
-        start += 1
-        out.append({"id": f"E{start}", "request": key, **ev.model_dump(mode="json")})
+            found.append(done[key])
+        elif key in shared:  # gathered once for the whole portfolio run, same scope
+            found.append({**shared[key], "id": None})
+        else:
+            found.append(None)
+            pending.append((len(found) - 1, metric_id, params, key))
+    if pending:
+        warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
+        batch = MetricBatch(
+            warehouse,
+            [(m, p) for _, m, p, _ in pending],
+            ctx.filters(),
+            timeout_s=ctx.query_timeout_s,
+        )
+        try:
+            if batch.shared:
+                metrics = [pending[j][1] for j in batch.shared]
+                with span("query:cells", "RETRIEVER", {"metrics": metrics}) as s:
+                    cells = await asyncio.to_thread(batch.run_cells)
+                    if s is not None:
+                        s.set_outputs({"cells": cells, "elapsed_ms": batch.cells_ms})
+            for j, (position, metric_id, params, key) in enumerate(pending):
+                with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
+                    ev = await asyncio.to_thread(batch.run, j)
+                    if s is not None:
+                        s.set_outputs({"row_count": ev.row_count, "sql": ev.sql})
+                found[position] = {"id": None, "request": key, **ev.model_dump(mode="json")}
+        finally:
+            batch.close()
+    out: list[dict[str, Any]] = []
+    next_id = len(state.get("evidence", []))
+    for ev_dict in found:
+        assert ev_dict is not None
+        if ev_dict["id"] is None:
+            next_id += 1
+            ev_dict = {**ev_dict, "id": f"E{next_id}"}
+        out.append(ev_dict)
     return out
 
 

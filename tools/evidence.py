@@ -23,4 +23,10 @@ class Evidence(BaseModel):
     row_count: int = Field(description="Number of rows returned (after any cap)")
     truncated: bool = Field(False, description="True when the row cap cut the result short")
     elapsed_ms: float = Field(description="Time the warehouse took, in milliseconds")
+    shared_pass_ms: float | None = Field(
+        None,
+        description="Set when the rows were rolled up from cells computed once for several "
+        "metrics: the time of that shared pass over the table (`elapsed_ms` is then the "
+        "roll-up's). `sql` run on its own gives the same rows.",
+    )
     warehouse: str = Field("", description="URL of the warehouse that answered")

@@ -1,7 +1,8 @@
 """Data in: fill the embedded warehouse's `fpr_records` from the generator or a file.
 
 Both paths build the new table under a staging name and swap it in with one transaction,
-so a failed or interrupted seed or load leaves the existing table exactly as it was.
+which also rebuilds the customer snapshot (`tools.customers`), so a failed or interrupted
+seed or load leaves the existing table and snapshot exactly as they were.
 A file is validated against the schema first and rejected with every problem listed.
 """
 
@@ -16,11 +17,12 @@ from typing import Any
 
 import duckdb
 
-from tools import generator
+from tools import customers, generator
 from tools.schema import (
     BY_NAME,
     COLUMN_NAMES,
     COLUMNS,
+    FIVETRAN_DELETED,
     PRIMARY_KEY,
     SYSTEM_COLUMNS,
     TABLE,
@@ -86,6 +88,7 @@ def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DROP TABLE IF EXISTS {TABLE}")
         con.execute(f"ALTER TABLE {STAGING} RENAME TO {TABLE}")
+        customers.refresh(con, _live_source(con))
         con.execute("COMMIT")
     except BaseException:
         # Whatever failed (a bad file, Ctrl-C mid-insert), the old table stays untouched.
@@ -97,6 +100,14 @@ def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
         raise
     con.execute("CHECKPOINT")
     return int(count[0]) if count else 0
+
+
+def _live_source(con: duckdb.DuckDBPyConnection) -> str:
+    """Return `fpr_records` as the queries see it: rows deleted at the source left out."""
+    names = {r[0] for r in con.execute(f"SELECT * FROM {TABLE} LIMIT 0").description or []}
+    if FIVETRAN_DELETED in names:
+        return f"(SELECT * FROM {TABLE} WHERE COALESCE({FIVETRAN_DELETED}, FALSE) = FALSE)"
+    return TABLE
 
 
 def table_rows(path: Path) -> int | None:

@@ -89,6 +89,10 @@ class Warehouse(abc.ABC):
                     self._columns = cols
         return self._columns
 
+    def customer_snapshot(self) -> bool:
+        """Return whether a current customer snapshot (`tools.customers`) can be read."""
+        return False
+
     def has_deleted_flag(self) -> bool:
         """Return whether the table carries Fivetran's soft-delete column."""
         return FIVETRAN_DELETED in self.table_columns()
@@ -182,6 +186,8 @@ class DuckDBWarehouse(Warehouse):
 
         self.path = Path(path)
         self.url = f"duckdb://{self.path}"
+        self._snapshot: bool | None = None
+        self._snapshot_lock = threading.Lock()
         if not self.path.exists():
             raise WarehouseNotFound(
                 f"No warehouse file at {self.path}. Create it with `finmatch seed` "
@@ -219,6 +225,31 @@ class DuckDBWarehouse(Warehouse):
     def source_table(self) -> exp.Table:
         """Return the bare table name: the file holds `fpr_records` in its main schema."""
         return exp.to_table(TABLE)
+
+    def customer_snapshot(self) -> bool:
+        """Return whether `fpr_customers` was built from exactly the live records.
+
+        Checked once per connection: while this read-only connection is open no other
+        process can write the file, so the answer cannot change.
+        """
+        if self._snapshot is None:
+            with self._snapshot_lock:
+                if self._snapshot is None:
+                    self._snapshot = self._snapshot_matches()
+        return self._snapshot
+
+    def _snapshot_matches(self) -> bool:
+        from tools.customers import CUSTOMERS, FINGERPRINT_SQL, SOURCE
+
+        found = self._con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN (?, ?)",
+            [CUSTOMERS, SOURCE],
+        ).fetchone()
+        if not found or found[0] != 2:
+            return False
+        stored = self._con.execute(f"SELECT * FROM {SOURCE}").fetchone()
+        _, live, _ = self._execute(self.render(FINGERPRINT_SQL), {}, None, 60.0)
+        return stored is not None and tuple(stored) == tuple(live[0])
 
     def _execute(
         self, sql: str, params: Mapping[str, Any], max_rows: int | None, timeout_s: float

@@ -9,27 +9,38 @@ from typing import Any
 
 import pytest
 
-from graphs import steps
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.portfolio import SHARED_METRICS, SHARED_STEP, SUMMARY_STEP, graph
+from tools.metrics import CATALOG, MetricBatch
+from tools.warehouse import Warehouse
 
 
 def test_each_metric_runs_once_for_all_four_areas(
     large_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: Counter[str] = Counter()
-    real = steps.run_metric
+    statements: list[str] = []
+    real_run, real_query = MetricBatch.run, Warehouse.run
 
-    def counting(warehouse: Any, metric_id: str, *args: Any, **kwargs: Any) -> Any:
-        calls[metric_id] += 1
-        return real(warehouse, metric_id, *args, **kwargs)
+    def counting(batch: MetricBatch, i: int) -> Any:
+        calls[batch.items[i][0].id] += 1
+        return real_run(batch, i)
 
-    monkeypatch.setattr(steps, "run_metric", counting)
+    def query(warehouse: Warehouse, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(sql))
+        return real_query(warehouse, sql, *args, **kwargs)
+
+    monkeypatch.setattr(MetricBatch, "run", counting)
+    monkeypatch.setattr(Warehouse, "run", query)
     out = asyncio.run(
         graph.ainvoke({"question": ""}, context=Context(warehouse=f"duckdb:///{large_path}"))
     )
     assert calls == Counter({m: 1 for m in SHARED_METRICS})
+    # The six cell metrics share one pass; four metrics have their own statement.
+    cell_metrics = [m for m in SHARED_METRICS if CATALOG[m].cells]
+    assert len(cell_metrics) == 6
+    assert len(statements) == 1 + len(SHARED_METRICS) - len(cell_metrics)
     assert out["steps"][0]["step"] == SHARED_STEP
     assert out["steps"][-1]["step"] == SUMMARY_STEP
     assert set(out["reports"]) == set(FOCUS_AREAS)

@@ -1,16 +1,26 @@
 """Every catalog metric checked against an independent pandas computation."""
 
 import datetime
+import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import frame
-from tools.metrics import CATALOG, Filters, UnknownMetric, dashboard, run_metric
-from tools.schema import NUMERIC_COLUMNS
-from tools.warehouse import DuckDBWarehouse
+from tools.metrics import (
+    CATALOG,
+    CORRELATION_COLUMNS,
+    Filters,
+    MetricBatch,
+    UnknownMetric,
+    dashboard,
+    run_metric,
+    run_metrics,
+)
+from tools.warehouse import DuckDBWarehouse, as_records
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,6 @@ def test_segment_profile(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
         r = rows[seg]
         assert r["records"] == len(g)
         assert r["avg_account_balance"] == pytest.approx(g.account_balance.mean())
-        assert r["median_account_balance"] == pytest.approx(g.account_balance.median())
         assert r["avg_transaction_value"] == pytest.approx(g.customer_transaction_value.mean())
         assert r["avg_churn_probability"] == pytest.approx(g.customer_churn_probability.mean())
         assert r["acceptance_rate"] == pytest.approx(_accepted(g).mean())
@@ -118,8 +127,9 @@ def test_acceptance_rates(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
 
 def test_correlations(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
     rows = run_metric(warehouse, "correlations").rows
-    expected = df[list(NUMERIC_COLUMNS)].astype(float).corr()
-    assert len(rows) == len(NUMERIC_COLUMNS) * (len(NUMERIC_COLUMNS) - 1) // 2
+    assert "last_updated_epoch" not in CORRELATION_COLUMNS
+    expected = df[list(CORRELATION_COLUMNS)].astype(float).corr()
+    assert len(rows) == len(CORRELATION_COLUMNS) * (len(CORRELATION_COLUMNS) - 1) // 2
     for r in rows:
         assert r["r"] == pytest.approx(expected.loc[r["column_a"], r["column_b"]], abs=1e-9)
         assert r["n"] == len(df)
@@ -146,23 +156,27 @@ def test_revenue(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
             assert r["share_of_sales"] == pytest.approx(g.product_sales_amount.sum() / total)
 
 
-def test_value_at_risk(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
-    rows = run_metric(warehouse, "value_at_risk", params={"high_risk": 0.5}).rows
+def _customers(df: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's latest record, with sales summed over all of theirs."""
     latest = df.sort_values("last_updated_epoch").groupby("customer_id").last()
-    sales = df.groupby("customer_id").product_sales_amount.sum()
-    c = latest.assign(sales=sales)
+    c = latest.assign(sales=df.groupby("customer_id").product_sales_amount.sum())
     c["bar"] = c.account_balance * c.customer_churn_probability
     c["sar"] = c.sales * c.customer_churn_probability
+    return c
+
+
+def _check_value_at_risk(rows: list[dict], c: pd.DataFrame, high_risk: float) -> None:
     total = next(r for r in rows if r["breakdown"] == "total")
     assert total["customers"] == len(c)
     assert total["balance_at_risk"] == pytest.approx(c.bar.sum())
     assert total["sales_at_risk"] == pytest.approx(c.sar.sum())
-    assert total["high_risk_customers"] == (c.customer_churn_probability >= 0.5).sum()
+    assert total["high_risk_customers"] == (c.customer_churn_probability >= high_risk).sum()
     for seg, g in c.groupby("customer_segment"):
         r = next(r for r in rows if r["breakdown"] == "segment" and r["customer_segment"] == seg)
         assert r["customers"] == len(g)
         assert r["total_balance"] == pytest.approx(g.account_balance.sum())
         assert r["balance_at_risk"] == pytest.approx(g.bar.sum())
+        assert r["median_account_balance"] == pytest.approx(g.account_balance.median())
     for stage, g in c.groupby("customer_lifecycle_stage"):
         r = next(
             r
@@ -170,6 +184,46 @@ def test_value_at_risk(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
             if r["breakdown"] == "lifecycle_stage" and r["customer_lifecycle_stage"] == stage
         )
         assert r["avg_churn_probability"] == pytest.approx(g.customer_churn_probability.mean())
+        assert r["median_account_balance"] is None
+
+
+def test_value_at_risk(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
+    """A seeded warehouse answers from its customer snapshot."""
+    assert warehouse.customer_snapshot()
+    ev = run_metric(warehouse, "value_at_risk", params={"high_risk": 0.5})
+    assert "fpr_customers" in ev.sql
+    _check_value_at_risk(ev.rows, _customers(df), 0.5)
+
+
+def test_value_at_risk_from_the_records(seeded_path: Path, tmp_path: Path) -> None:
+    """A table changed behind the snapshot's back is not answered from the snapshot."""
+    path = tmp_path / "changed.duckdb"
+    shutil.copy(seeded_path, path)
+    with duckdb.connect(str(path)) as con:
+        con.execute("DELETE FROM fpr_records WHERE customer_segment = 'Student'")
+    wh = DuckDBWarehouse(path)
+    try:
+        assert not wh.customer_snapshot()
+        ev = run_metric(wh, "value_at_risk")
+        assert "fpr_customers" not in ev.sql
+        df = frame(path)
+        _check_value_at_risk(ev.rows, _customers(df), 0.6)
+        assert "Student" not in {r["customer_segment"] for r in ev.rows}
+    finally:
+        wh.close()
+
+
+def test_value_at_risk_scope(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
+    """Product and dates pick the records first; segment and stage then pick customers."""
+    f = Filters(segment="Retail", product_type="Credit Card")
+    ev = run_metric(warehouse, "value_at_risk", f)
+    assert "fpr_customers" not in ev.sql  # a product filter needs the records
+    c = _customers(df[df.product_type == "Credit Card"])
+    _check_value_at_risk(ev.rows, c[c.customer_segment == "Retail"], 0.6)
+    only_segment = run_metric(warehouse, "value_at_risk", Filters(segment="Retail"))
+    assert "fpr_customers" in only_segment.sql
+    c = _customers(df)
+    _check_value_at_risk(only_segment.rows, c[c.customer_segment == "Retail"], 0.6)
 
 
 def test_churn_by_satisfaction(warehouse: DuckDBWarehouse, df: pd.DataFrame) -> None:
@@ -254,3 +308,42 @@ def test_bad_metric_requests_are_explained(warehouse: DuckDBWarehouse) -> None:
         run_metric(warehouse, "distributions", params={"top_n": "many"})
     with pytest.raises(ValueError, match="date_from .* is after date_to"):
         Filters(date_from=datetime.date(2025, 1, 1), date_to=datetime.date(2024, 1, 1))
+
+
+def test_batch_shares_one_pass(warehouse: DuckDBWarehouse) -> None:
+    """Cell metrics run together give what each gives alone, from one pass of the table."""
+    scope = Filters(date_from=datetime.date(2024, 6, 1))
+    requests = [
+        ("kpis", None),
+        ("distributions", {"top_n": 3}),
+        ("segment_profile", None),
+        ("acceptance_rates", {"min_records": 5}),
+        ("revenue", None),
+        ("high_affinity_unconverted", None),
+        ("high_affinity_unconverted", {"min_affinity": 0.8}),  # other cells: runs alone
+        ("correlations", None),
+    ]
+    batch = MetricBatch(warehouse, requests, scope)
+    assert batch.shared == [0, 1, 2, 3, 4, 5]
+    assert 0 < batch.run_cells() <= 5 * 5 * 8 * 4 * 4 * 4 * 2
+    together = [batch.run(i) for i in range(len(requests))]
+    for (metric_id, params), ev in zip(requests, together, strict=True):
+        alone = run_metric(warehouse, metric_id, scope, params)
+        assert ev.columns == alone.columns, metric_id
+        assert len(ev.rows) == len(alone.rows), metric_id
+        for a, b in zip(ev.rows, alone.rows, strict=True):
+            assert a == pytest.approx(b), metric_id
+        assert alone.parameters.items() <= ev.parameters.items(), metric_id
+        if ev.shared_pass_ms is not None:
+            # The evidence's statement, run on its own, gives the same rows.
+            rerun = warehouse.run(ev.sql, ev.parameters)
+            assert len(rerun.rows) == ev.row_count, metric_id
+            for a, b in zip(as_records(rerun.columns, rerun.rows), ev.rows, strict=True):
+                assert a == pytest.approx(b), metric_id
+    assert [e.shared_pass_ms is not None for e in together] == [True] * 6 + [False] * 2
+
+
+def test_batch_of_one_cell_metric_runs_alone(warehouse: DuckDBWarehouse) -> None:
+    batch = MetricBatch(warehouse, [("kpis", None), ("monthly_trend", None)])
+    assert batch.shared == [] and batch.run_cells() == 0
+    assert run_metrics(warehouse, [("kpis", None)])[0].shared_pass_ms is None
