@@ -166,15 +166,15 @@ def _band_label(code: str) -> str:
     return f"(CASE WHEN {code} <= 0 THEN '{BAND_LABELS[0]}' {labels} END)"
 
 
-# The cell dimensions: name -> (expression over fpr_records, Arrow type, parameters used).
+# The cell dimensions: name -> (expression over fpr_records, SQL type, parameters used).
 CELL_DIMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "segment": ("customer_segment", "string", ()),
-    "lifecycle_stage": ("customer_lifecycle_stage", "string", ()),
-    "product_type": ("product_type", "string", ()),
-    "status": (_STATUS, "string", ()),
-    "affinity_code": (_band_code("customer_product_affinity"), "int8", ()),
-    "score_code": (_band_code("recommendation_score"), "int8", ()),
-    "high_affinity": ("customer_product_affinity >= :min_affinity", "bool_", ("min_affinity",)),
+    "segment": ("customer_segment", "VARCHAR", ()),
+    "lifecycle_stage": ("customer_lifecycle_stage", "VARCHAR", ()),
+    "product_type": ("product_type", "VARCHAR", ()),
+    "status": (_STATUS, "VARCHAR", ()),
+    "affinity_code": (_band_code("customer_product_affinity"), "TINYINT", ()),
+    "score_code": (_band_code("recommendation_score"), "TINYINT", ()),
+    "high_affinity": ("customer_product_affinity >= :min_affinity", "BOOLEAN", ("min_affinity",)),
 }
 # Per cell: n (records), and for each column s_<column> (sum) and c_<column> (count).
 CELL_COLUMNS = (
@@ -202,15 +202,12 @@ def cells_sql(dims: Sequence[str]) -> str:
     return f"SELECT {', '.join(select)}\n  FROM fpr_records WHERE {{where}}{group}"
 
 
-def _cells_schema(dims: Sequence[str]) -> Any:
-    import pyarrow as pa
-
-    fields = [pa.field(d, getattr(pa, CELL_DIMS[d][1])()) for d in dims]
-    fields.append(pa.field("n", pa.int64()))
+def _cells_types(dims: Sequence[str]) -> list[tuple[str, str]]:
+    """Return (column, SQL type) of the cells over `dims`, in `cells_sql` order."""
+    types = [(d, CELL_DIMS[d][1]) for d in dims] + [("n", "BIGINT")]
     for c in CELL_COLUMNS:
-        fields.append(pa.field(f"s_{c}", pa.int64() if c in _INTEGER_SUMS else pa.float64()))
-        fields.append(pa.field(f"c_{c}", pa.int64()))
-    return pa.schema(fields)
+        types += [(f"s_{c}", "BIGINT" if c in _INTEGER_SUMS else "DOUBLE"), (f"c_{c}", "BIGINT")]
+    return types
 
 
 def _with_cte(cte: str, query: str) -> str:
@@ -741,12 +738,23 @@ class MetricBatch:
         self._local_lock = threading.Lock()
 
     def _local(self) -> Any:
-        """Return the in-memory DuckDB the roll-ups run in (the cells registered in it)."""
+        """Return the in-memory DuckDB the roll-ups run in, with the cells in it."""
         if self._con is None:
             import duckdb
+            import numpy as np
 
-            self._con = duckdb.connect()
-            self._con.register("cells", self._cells)
+            # Columns go in as numpy arrays (no copy through SQL, no pyarrow); the view
+            # gives them their declared types whatever DuckDB infers from the values.
+            types = _cells_types(self.dims)
+            columns = list(zip(*self._cells, strict=True)) or [() for _ in types]
+            raw = {
+                name: np.array(list(values), dtype=object)
+                for (name, _), values in zip(types, columns, strict=True)
+            }
+            self._con = duckdb.connect(config={"threads": 1})
+            self._con.register("cells_raw", raw)
+            casts = ", ".join(f"CAST({name} AS {sql_type}) AS {name}" for name, sql_type in types)
+            self._con.execute(f"CREATE VIEW cells AS SELECT {casts} FROM cells_raw")
         return self._con
 
     def close(self) -> None:
@@ -761,21 +769,17 @@ class MetricBatch:
         if not self.shared:
             return 0
         if self._cells is None:
-            import pyarrow as pa
-
             where, params = self.filters.where()
             sql = cells_sql(self.dims).format(where=where)
             params.update(self.cell_params)
             result = self.warehouse.run(sql, _used(sql, params), timeout_s=self.timeout_s)
-            schema = _cells_schema(self.dims)
-            columns = list(zip(*result.rows, strict=True)) or [() for _ in schema]
-            self._cells = pa.Table.from_arrays(
-                [pa.array(list(c), type=f.type) for c, f in zip(columns, schema, strict=True)],
-                schema=schema,
-            )
+            types = _cells_types(self.dims)
+            if result.columns != [name for name, _ in types]:
+                raise RuntimeError(f"cells came back as {result.columns}, not {types}")
+            self._cells = result.rows
             self.cells_ms = result.elapsed_ms
             self._cells_sql = result.sql
-        return int(self._cells.num_rows)
+        return len(self._cells)
 
     def run(self, i: int) -> Evidence:
         """Return the evidence of request `i`."""
