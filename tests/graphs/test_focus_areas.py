@@ -135,6 +135,20 @@ def test_financial_impact_finds_the_inactive_churn_risk(
     assert sales["numbers"]["total_sales"] == pytest.approx(by_type.max())
 
 
+def test_segment_balances_are_customers_medians(planted: dict[str, Any], large_path: Path) -> None:
+    """Balances depend on segment (planted): the finding counts each customer once."""
+    customers = frame(large_path).drop_duplicates("customer_id")
+    medians = customers.groupby("customer_segment").account_balance.median()
+    for slug in ("overall-performance", "financial-impact"):
+        f = finding(planted[slug][0], "segment_balance")
+        assert f["numbers"]["median_high"] == pytest.approx(medians.max()), slug
+        assert f["numbers"]["median_low"] == pytest.approx(medians.min()), slug
+        assert f"{medians.idxmax()} customers" in f["claim"], slug
+        assert f["sample_size"] == (
+            customers.customer_segment.isin([medians.idxmax(), medians.idxmin()]).sum()
+        )
+
+
 def test_no_relationship_is_invented_on_a_table_without_any(null: dict[str, Any]) -> None:
     for slug, (out, _) in null.items():
         material = [f["title"] for f in out["findings"] if f["strength"] != "descriptive"]
