@@ -1,8 +1,8 @@
 """Dashboard cost: the metric catalog (pushed down) against pulling the table into pandas.
 
 For each size, seeds a DuckDB file, then measures in separate processes:
-- catalog: `tools.metrics.dashboard` (the KPIs, financial metrics and distributions, rolled
-  up from one shared pass of the table in the warehouse);
+- catalog: `tools.metrics.dashboard` (the KPIs, financial metrics and distributions, two
+  queries in the warehouse);
 - pandas: the seed app's way, `SELECT *` into a DataFrame, then means and value counts for
   the same numbers.
 Each process reports its wall time for the work and its peak resident memory (VmHWM). Prints the

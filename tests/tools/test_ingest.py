@@ -4,6 +4,7 @@ import duckdb
 import pytest
 
 from tests.conftest import frame
+from tools import customers
 from tools.ingest import LoadError, WarehouseBusy, load_file, seed_table
 from tools.warehouse import DuckDBWarehouse
 
@@ -118,6 +119,47 @@ def test_system_columns_are_kept_and_deleted_rows_hidden(
         assert "_fivetran_deleted" in star.sql
     finally:
         wh.close()
+
+
+def test_customer_snapshot_is_rebuilt_with_the_records(
+    tmp_path: Path, seeded_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def current() -> bool:
+        wh = DuckDBWarehouse(target)
+        try:
+            return wh.customer_snapshot()
+        finally:
+            wh.close()
+
+    assert current()
+    source = _export(
+        seeded_path,
+        tmp_path / "synced.parquet",
+        "SELECT *, row_number() OVER () <= 50 AS _fivetran_deleted FROM fpr_records",
+    )
+    load_file(target, source)
+    assert current()
+    snapshot = frame(target, "SELECT * FROM fpr_customers")
+    live = frame(target, "SELECT * FROM fpr_records WHERE NOT _fivetran_deleted")
+    assert snapshot.records.sum() == len(live) == 700  # rows deleted at the source left out
+    assert sorted(snapshot.customer_id) == sorted(live.customer_id.unique())
+    latest = live.sort_values("last_updated_epoch").groupby("customer_id").last()
+    row = snapshot.set_index("customer_id").loc[latest.index[0]]
+    assert row.account_balance == latest.iloc[0].account_balance
+    assert row.customer_segment == latest.iloc[0].customer_segment
+
+    # A failure while the snapshot is rebuilt leaves records and snapshot as they were.
+    real = customers.refresh
+
+    def interrupted(con: duckdb.DuckDBPyConnection, source: str) -> int:
+        real(con, source)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(customers, "refresh", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        seed_table(target, rows=40)
+    assert len(frame(target)) == 750
+    assert current()
 
 
 def test_writer_refuses_while_another_process_holds_the_file(target: Path) -> None:
