@@ -438,6 +438,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the agent endpoint with uvicorn until interrupted."""
+    import uvicorn
+
+    from service.api import ServiceSettings, check_bind, create_app
+
+    settings = ServiceSettings()
+    if args.warehouse:
+        settings.finmatch_warehouse = args.warehouse
+    try:
+        check_bind(args.host, settings)
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    _err(f"FinMatch agent endpoint on http://{args.host}:{args.port} (docs: /docs)")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _date(text: str) -> datetime.date:
     try:
         return datetime.date.fromisoformat(text)
@@ -550,6 +568,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, help="row cap (default FINMATCH_SQL_ROW_CAP or 1000)")
     p.add_argument("--timeout", type=float, help="statement timeout in seconds (default 30)")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the agent endpoint (FastAPI; docs at /docs)",
+        description="Serve the agent endpoint. Beyond loopback it needs FINMATCH_API_KEYS.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

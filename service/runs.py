@@ -130,14 +130,21 @@ async def run_focus(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: str = "",
     tracing: bool | None = None,
+    saver: BaseCheckpointSaver[Any] | None = None,
 ) -> RunResult:
-    """Run (or resume) `focus` on a thread and return its result; events go to `on_event`."""
+    """Run (or resume) `focus` on a thread and return its result; events go to `on_event`.
+
+    The checkpointer is `saver` when given (a service shares one across its runs), else
+    the one at `checkpoints` (default: the settings'), opened for this run.
+    """
     builder = builder_for(focus)
     thread_id = thread_id or str(uuid.uuid4())
     tracing = RunSettings().finmatch_tracing if tracing is None else tracing
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
     result = RunResult(thread_id=thread_id, focus=focus, status="running")
-    async with open_checkpointer(checkpoints) as saver:
+    async with contextlib.AsyncExitStack() as stack:
+        if saver is None:
+            saver = await stack.enter_async_context(open_checkpointer(checkpoints))
         graph = builder.compile(checkpointer=saver, name=focus)
         snapshot = await graph.aget_state(config)
         started = bool(snapshot.values) or bool(snapshot.next)

@@ -19,6 +19,13 @@ from tools.ingest import seed_table
 from tools.warehouse import DuckDBWarehouse
 
 
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def seeded_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default 750-row table (seed 42)."""

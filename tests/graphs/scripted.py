@@ -3,7 +3,8 @@
 `ScriptedChatModel` replays a fixed list of replies (tool calls included) and records the
 messages it was sent. The factories at the bottom are for `--model import:...` runs in
 child processes: a model that always fails, and one that hangs until its process is
-killed (it writes a marker file first so the test knows the run reached the model step).
+killed (it writes a marker file first so the test knows the run reached the model step),
+and one that waits at the model step until the test opens a gate file.
 """
 
 from __future__ import annotations
@@ -117,3 +118,30 @@ CURRENT: list[BaseChatModel] = []
 def current(ctx: Any) -> BaseChatModel:
     """Factory for `import:tests.graphs.scripted:current`: the model a test put in CURRENT."""
     return CURRENT[-1]
+
+
+class _Gated(_Failing):
+    """Writes the marker, waits until the gate file exists, then answers."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "gated"
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        Path(os.environ["FINMATCH_TEST_MARKER"]).write_text("model step reached")
+        gate = Path(os.environ["FINMATCH_TEST_GATE"])
+        while not gate.exists():
+            await asyncio.sleep(0.05)
+        reply = answer("Gated answer", [("Findings", "As the evidence shows.")], [])
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def gated(ctx: Any) -> BaseChatModel:
+    """Factory for `import:tests.graphs.scripted:gated`: answers once the gate file exists."""
+    return _Gated()

@@ -1,0 +1,632 @@
+"""The agent endpoint: FastAPI routes over the run manager, the metric catalog and the data.
+
+`create_app()` builds the app; `finmatch serve` runs it with uvicorn. Every error is a JSON
+problem body (`type`, `title`, `status`, `detail`), never a stack trace. When API keys are
+set (`FINMATCH_API_KEYS`), every route but `/health` needs `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException
+
+from graphs.areas import FOCUS_AREAS
+from graphs.models import UnknownModel, available_models, check_model
+from graphs.resources import close_all, warehouse_for
+from service.manager import QueueFull, RunConflict, RunManager
+from service.runs import ALL, RunSettings
+from service.store import STATUSES, TERMINAL, RunRecord, RunStore
+from tools.metrics import Filters, dashboard
+from tools.settings import project_home
+from tools.warehouse import WarehouseError, as_records
+
+log = logging.getLogger("finmatch.service")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEEPALIVE_S = 15.0
+
+
+class ServiceSettings(BaseSettings):
+    """How the service runs: keys, concurrency, limits and where it keeps its history."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    finmatch_api_keys: str = Field(
+        "", description="Comma-separated bearer API keys; empty allows only loopback use"
+    )
+    finmatch_max_concurrent_runs: int = Field(4, ge=1, description="Runs executing at once")
+    finmatch_queue_limit: int = Field(1000, ge=1, description="Most runs waiting in the queue")
+    finmatch_max_body_bytes: int = Field(65536, ge=1024, description="Largest request body")
+    finmatch_service_db: str = Field(
+        "", description="Run history and events (default .finmatch/service.sqlite)"
+    )
+    finmatch_warehouse: str = Field("", description="Warehouse URL (default: the embedded one)")
+
+    def keys(self) -> list[str]:
+        """Return the configured API keys."""
+        return [k.strip() for k in self.finmatch_api_keys.split(",") if k.strip()]
+
+
+def check_bind(host: str, settings: ServiceSettings) -> None:
+    """Refuse to listen beyond loopback without an API key."""
+    if host not in LOOPBACK and not settings.keys():
+        raise ValueError(
+            f"Refusing to listen on {host} without an API key: anyone who can reach it could "
+            "start runs and read the data. Set FINMATCH_API_KEYS (comma-separated keys that "
+            "clients send as 'Authorization: Bearer <key>'), or listen on 127.0.0.1."
+        )
+
+
+# -- schemas ---------------------------------------------------------------------------
+class Problem(BaseModel):
+    """An error: what went wrong and what to do about it."""
+
+    type: str = Field("about:blank", examples=["about:blank"])
+    title: str = Field(examples=["Unprocessable request"])
+    status: int = Field(examples=[422])
+    detail: str = Field(examples=["Unknown focus area 'growth'; choose one of: ..."])
+
+
+class RunFilters(BaseModel):
+    """Scope of a run; every field is optional and they combine with AND."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    segment: str | None = Field(None, examples=["Retail"])
+    lifecycle_stage: str | None = Field(None, examples=["Engaged"])
+    product_type: str | None = Field(None, examples=["Credit Card"])
+    date_from: datetime.date | None = Field(None, examples=["2024-01-01"])
+    date_to: datetime.date | None = Field(None, examples=["2024-12-31"])
+
+
+class RunRequest(BaseModel):
+    """What to analyse, with which model, in which scope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    focus_area: str = Field(
+        description="A focus area slug (see GET /focus-areas) or 'all' for the four and an "
+        "executive summary",
+        examples=["optimization-opportunities"],
+    )
+    model: str = Field("offline", description="A model name from GET /models")
+    filters: RunFilters = Field(default_factory=RunFilters)
+    question: str = Field("", max_length=2000, description="Optional question for the model")
+
+
+class StepView(BaseModel):
+    """A finished step and the numbers it reported."""
+
+    focus_area: str
+    step: str
+    detail: str
+    index: int | None = None
+    total: int | None = None
+    elapsed_ms: float | None = None
+
+
+class RunView(BaseModel):
+    """A run: what was asked, where it is, what it produced."""
+
+    id: str
+    thread_id: str
+    focus_area: str
+    model: str
+    filters: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+    attempts: int
+    error: str = ""
+    trace_id: str = ""
+    steps: list[StepView] = Field(default_factory=list)
+    result: dict[str, Any] | None = Field(
+        None,
+        description="When succeeded: {'report': Report} for one focus area, or "
+        "{'reports': {slug: Report}, 'summary': {...}} for 'all'",
+    )
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class RunPage(BaseModel):
+    """A page of the run history, newest first."""
+
+    items: list[RunView]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page")
+
+
+class RecordPage(BaseModel):
+    """A page of records in record_id order."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None = Field(None, description="Pass as `after` for the next page")
+
+
+def _time(value: float | None) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(value, datetime.UTC) if value else None
+
+
+def _view(run: RunRecord, steps: list[StepView] | None = None) -> RunView:
+    return RunView(
+        id=run.id,
+        thread_id=run.thread_id,
+        focus_area=run.focus_area,
+        model=run.model,
+        filters=run.filters,
+        status=run.status,
+        created_at=_time(run.created_at) or datetime.datetime.now(datetime.UTC),
+        started_at=_time(run.started_at),
+        finished_at=_time(run.finished_at),
+        attempts=run.attempts,
+        error=run.error,
+        trace_id=run.trace_id,
+        steps=steps or [],
+        result=run.result,
+        links={
+            "self": f"/runs/{run.id}",
+            "events": f"/runs/{run.id}/events",
+            "cancel": f"/runs/{run.id}/cancel",
+            "resume": f"/runs/{run.id}/resume",
+        },
+    )
+
+
+# -- the app ---------------------------------------------------------------------------
+def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Any:
+    body = Problem(title=title, status=status, detail=detail).model_dump()
+    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+
+
+class _TooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, "too large")
+
+
+class BodyLimit:
+    """Answer bodies over `limit` bytes with 413: by Content-Length, or while reading."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        """Wrap `app`."""
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Pass the request on, counting its body."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()  # reaches the HTTPException handler: a problem body
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _reject(self, scope: Any, receive: Any, send: Any) -> None:
+        detail = f"The request body is larger than {self.limit} bytes."
+        await _problem(413, "Request body too large", detail)(scope, receive, send)
+
+
+def _fail(status: int, detail: str) -> HTTPException:
+    return HTTPException(status, detail)
+
+
+def scope_query(
+    segment: Annotated[str | None, Query()] = None,
+    lifecycle_stage: Annotated[str | None, Query()] = None,
+    product_type: Annotated[str | None, Query()] = None,
+    date_from: Annotated[datetime.date | None, Query()] = None,
+    date_to: Annotated[datetime.date | None, Query()] = None,
+) -> RunFilters:
+    """The scope filters of a GET request's query string."""
+    return RunFilters(
+        segment=segment,
+        lifecycle_stage=lifecycle_stage,
+        product_type=product_type,
+        date_from=date_from,
+        date_to=date_to,
+    )
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the service (it starts its run manager when served)."""
+    settings = settings or ServiceSettings()
+    keys = [k.encode() for k in settings.keys()]
+    store_path = (
+        Path(settings.finmatch_service_db)
+        if settings.finmatch_service_db
+        else project_home() / "service.sqlite"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = RunStore(store_path)
+        manager = RunManager(
+            store,
+            warehouse=settings.finmatch_warehouse,
+            checkpoints=RunSettings().finmatch_checkpoints,
+            tracing=RunSettings().finmatch_tracing,
+            max_concurrent=settings.finmatch_max_concurrent_runs,
+            queue_limit=settings.finmatch_queue_limit,
+        )
+        await manager.start()
+        app.state.manager = manager
+        app.state.allowed = None
+        try:
+            yield
+        finally:
+            await manager.stop()
+            store.close()
+            close_all()
+
+    app = FastAPI(
+        title="FinMatch Agents",
+        version="0.1.0",
+        description="Focus-area agents over fpr_records: start runs, follow their steps, "
+        "read reports, browse the metrics and the records.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.finmatch_max_body_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_problem(request: Request, exc: HTTPException) -> Any:
+        titles = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
+                  413: "Request body too large", 422: "Unprocessable request",
+                  429: "Too many runs waiting", 503: "Not ready"}  # fmt: skip
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 413:
+            detail = f"The request body is larger than {settings.finmatch_max_body_bytes} bytes."
+        title = titles.get(exc.status_code, "Error")
+        return _problem(exc.status_code, title, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(request: Request, exc: RequestValidationError) -> Any:
+        parts = []
+        for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                reason = (err.get("ctx") or {}).get("error", "")
+                parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
+                continue
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where or 'body'}: {err.get('msg')}")
+        return _problem(422, "Unprocessable request", "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def internal_problem(request: Request, exc: Exception) -> Any:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _problem(500, "Internal error", "The service failed; the error is in its log.")
+
+    async def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not keys:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode()
+        ok = False
+        for key in keys:  # compare with every key, in constant time
+            ok |= hmac.compare_digest(given, key)
+        if scheme.lower() != "bearer" or not ok:
+            raise HTTPException(
+                401,
+                "Send a valid API key as 'Authorization: Bearer <key>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def manager(request: Request) -> RunManager:
+        return request.app.state.manager
+
+    guarded = [Depends(require_key)]
+
+    @app.get("/health", tags=["service"])
+    async def health() -> dict[str, str]:
+        """The process is up (no key needed)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], dependencies=guarded, responses={503: {"model": Problem}})
+    async def ready(request: Request) -> dict[str, str]:
+        """The warehouse, the checkpointer and the run history can be reached."""
+        m = manager(request)
+        try:
+            wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+            await asyncio.to_thread(wh.run, "SELECT count(*) AS n FROM fpr_records")
+            await m.io(m.store.ping)
+        except Exception as e:
+            raise _fail(503, f"Not ready: {e}") from e
+        if not m.ready():
+            raise _fail(503, "Not ready: the run workers or the checkpointer are down.")
+        return {"status": "ready", "warehouse": wh.url}
+
+    @app.get("/focus-areas", tags=["agents"], dependencies=guarded)
+    async def focus_areas() -> list[dict[str, Any]]:
+        """The focus areas: business challenge, agent solution and workflow steps."""
+        return [
+            {
+                "slug": a.slug,
+                "name": a.name,
+                "business_challenge": a.business_challenge,
+                "agent_solution": a.agent_solution,
+                "steps": [{"name": s.name, "description": s.description} for s in a.steps],
+            }
+            for a in FOCUS_AREAS.values()
+        ]
+
+    @app.get("/models", tags=["agents"], dependencies=guarded)
+    async def models() -> list[dict[str, str]]:
+        """The models a run can select; `offline` needs no LLM."""
+        return [
+            {"name": m.name, "kind": m.kind, "description": m.description}
+            for m in available_models()
+        ]
+
+    async def allowed_values(request: Request) -> dict[str, list[str]]:
+        if request.app.state.allowed is None:
+            wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+            sql = " UNION ALL ".join(
+                f"SELECT '{key}' AS k, {col} AS v FROM fpr_records GROUP BY {col}"
+                for key, col in (
+                    ("segment", "customer_segment"),
+                    ("lifecycle_stage", "customer_lifecycle_stage"),
+                    ("product_type", "product_type"),
+                )
+            )
+            result = await asyncio.to_thread(wh.run, sql)
+            allowed: dict[str, list[str]] = {}
+            for k, v in result.rows:
+                allowed.setdefault(k, []).append(v)
+            request.app.state.allowed = {k: sorted(v) for k, v in allowed.items()}
+        return request.app.state.allowed
+
+    async def check_filters(request: Request, filters: RunFilters) -> Filters:
+        try:
+            scope = Filters(**filters.model_dump())
+        except ValueError as e:
+            raise _fail(422, str(e)) from e
+        allowed = await allowed_values(request)
+        for key in ("segment", "lifecycle_stage", "product_type"):
+            value = getattr(filters, key)
+            if value is not None and value not in allowed.get(key, []):
+                raise _fail(
+                    422,
+                    f"Unknown {key} {value!r}; the data has: {', '.join(allowed.get(key, []))}",
+                )
+        return scope
+
+    @app.post(
+        "/runs",
+        status_code=202,
+        tags=["runs"],
+        dependencies=guarded,
+        responses={422: {"model": Problem}, 429: {"model": Problem}},
+    )
+    async def start_run(body: RunRequest, request: Request) -> RunView:
+        """Queue a run; follow it with GET /runs/{id} or its event stream."""
+        choices = [*FOCUS_AREAS, ALL]
+        if body.focus_area not in choices:
+            raise _fail(
+                422, f"Unknown focus area {body.focus_area!r}; choose one of: {', '.join(choices)}"
+            )
+        try:
+            check_model(body.model)
+        except UnknownModel as e:
+            raise _fail(422, str(e)) from e
+        await check_filters(request, body.filters)
+        filters = body.filters.model_dump(mode="json", exclude_none=True)
+        try:
+            run = await manager(request).submit(body.focus_area, body.model, filters, body.question)
+        except QueueFull as e:
+            raise _fail(429, str(e)) from e
+        return _view(run)
+
+    async def load_run(request: Request, run_id: str) -> tuple[RunRecord, list[StepView]]:
+        m = manager(request)
+        run = await m.io(m.store.get, run_id)
+        if run is None:
+            raise _fail(404, f"No run {run_id}.")
+        events = await m.io(m.store.events, run_id, 0, ("step_finish",))
+        steps = [StepView(**{k: e.data.get(k) for k in StepView.model_fields}) for e in events]
+        return run, steps
+
+    @app.get(
+        "/runs/{run_id}", tags=["runs"], dependencies=guarded, responses={404: {"model": Problem}}
+    )
+    async def get_run(run_id: str, request: Request) -> RunView:
+        """A run's status, finished steps with their numbers, and its report when done."""
+        return _view(*await load_run(request, run_id))
+
+    @app.post(
+        "/runs/{run_id}/cancel",
+        status_code=202,
+        tags=["runs"],
+        dependencies=guarded,
+        responses={404: {"model": Problem}, 409: {"model": Problem}},
+    )
+    async def cancel_run(run_id: str, request: Request) -> RunView:
+        """Stop a run at its next step; its finished steps are kept for resume."""
+        try:
+            await manager(request).cancel(run_id)
+        except KeyError as e:
+            raise _fail(404, f"No run {run_id}.") from e
+        except RunConflict as e:
+            raise _fail(409, str(e)) from e
+        return _view(*await load_run(request, run_id))
+
+    @app.post(
+        "/runs/{run_id}/resume",
+        status_code=202,
+        tags=["runs"],
+        dependencies=guarded,
+        responses={404: {"model": Problem}, 409: {"model": Problem}},
+    )
+    async def resume_run(run_id: str, request: Request) -> RunView:
+        """Queue a failed or cancelled run again; it continues after its last finished step."""
+        try:
+            await manager(request).resume(run_id)
+        except KeyError as e:
+            raise _fail(404, f"No run {run_id}.") from e
+        except RunConflict as e:
+            raise _fail(409, str(e)) from e
+        return _view(*await load_run(request, run_id))
+
+    @app.get(
+        "/runs/{run_id}/events",
+        tags=["runs"],
+        dependencies=guarded,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}},
+    )
+    async def run_events(
+        run_id: str,
+        request: Request,
+        last_event_id: Annotated[
+            str | None, Header(description="Resume after this event id")
+        ] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events of the run: status, step_start, step_finish, report, end.
+
+        Each event's id is its number in the run; reconnecting with `Last-Event-ID` sends
+        what came after it, and a client that connects after the run ended gets all of it.
+        """
+        m = manager(request)
+        if await m.io(m.store.get, run_id, False) is None:
+            raise _fail(404, f"No run {run_id}.")
+        try:
+            after = int(last_event_id or 0)
+        except ValueError as e:
+            raise _fail(
+                400, f"Last-Event-ID must be an event number; got {last_event_id!r}."
+            ) from e
+
+        async def stream() -> AsyncIterator[str]:
+            nonlocal after
+            yield "retry: 1000\n\n"
+            while True:
+                changed = m.changed(run_id)
+                events = await m.io(m.store.events, run_id, after)
+                for e in events:
+                    data = json.dumps({**e.data, "at": e.at}, default=str)
+                    yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n"
+                    after = e.seq
+                if events and events[-1].type == "end":
+                    run = await m.io(m.store.get, run_id, False)
+                    if run is not None and run.status in TERMINAL:
+                        return
+                if await request.is_disconnected():
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/runs", tags=["runs"], dependencies=guarded, responses={422: {"model": Problem}})
+    async def list_runs(
+        request: Request,
+        focus_area: Annotated[
+            str | None, Query(description="Only this focus area (or 'all')")
+        ] = None,
+        model: Annotated[str | None, Query(description="Only runs with this model")] = None,
+        status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+        since: Annotated[datetime.datetime | None, Query(description="Created at or after")] = None,
+        until: Annotated[datetime.datetime | None, Query(description="Created before")] = None,
+        limit: Annotated[int, Query(ge=1, le=200, description="Runs per page")] = 20,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> RunPage:
+        """The insights history: runs newest first, filtered, paginated."""
+        before = None
+        if cursor:
+            created, _, last_id = cursor.partition("_")
+            try:
+                before = (float(created), last_id)
+            except ValueError as e:
+                raise _fail(422, f"cursor {cursor!r} is not a next_cursor from this API.") from e
+        m = manager(request)
+        runs = await m.io(
+            lambda: m.store.history(
+                focus_area=focus_area,
+                model=model,
+                status=status,
+                since=since.timestamp() if since else None,
+                until=until.timestamp() if until else None,
+                before=before,
+                limit=limit + 1,
+            )
+        )
+        more = len(runs) > limit
+        runs = runs[:limit]
+        last = runs[-1] if runs and more else None
+        return RunPage(
+            items=[_view(r) for r in runs],
+            next_cursor=f"{last.created_at!r}_{last.id}" if last else None,
+        )
+
+    @app.get("/metrics", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    async def metrics(
+        request: Request, scope: Annotated[RunFilters, Depends(scope_query)]
+    ) -> dict[str, Any]:
+        """The dashboard: KPIs, financial metrics and distributions, with the SQL behind them."""
+        filters = await check_filters(request, scope)
+        wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+        try:
+            evidence = await asyncio.to_thread(dashboard, wh, filters)
+        except WarehouseError as e:
+            raise _fail(503, str(e)) from e
+        return {
+            "scope": filters.describe(),
+            **{k: v.model_dump(mode="json") for k, v in evidence.items()},
+        }
+
+    @app.get("/records", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    async def records(
+        request: Request,
+        scope: Annotated[RunFilters, Depends(scope_query)],
+        page_size: Annotated[int, Query(ge=1, le=200, description="Records per page (1-200)")] = 50,
+        after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> RecordPage:
+        """The data explorer: records in record_id order, a page at a time (keyset)."""
+        filters = await check_filters(request, scope)
+        where, params = filters.where()
+        if after is not None:
+            where += " AND record_id > :after"
+            params["after"] = after
+        sql = f"SELECT * FROM fpr_records WHERE {where} ORDER BY record_id LIMIT :n"
+        params["n"] = page_size + 1
+        wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+        try:
+            result = await asyncio.to_thread(wh.run, sql, params)
+        except WarehouseError as e:
+            raise _fail(503, str(e)) from e
+        rows = as_records(result.columns, result.rows)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return RecordPage(records=rows, next_cursor=rows[-1]["record_id"] if more else None)
+
+    return app
+
+
+__all__ = ["STATUSES", "ServiceSettings", "check_bind", "create_app"]

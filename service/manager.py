@@ -1,0 +1,288 @@
+"""The run manager: runs queue, execute in the background with bounded concurrency.
+
+A run the service accepts is stored (`queued`) and put on a queue; `max_concurrent`
+workers take runs off it and execute them with `service.runs.run_focus` on one shared
+checkpointer, so every run checkpoints after each step and can be resumed. Each event a
+run emits is appended to the store by a single I/O thread (in order, never on the event
+loop) and wakes whoever follows the run.
+
+Cancelling a running run cancels its task: the graph stops at its next await, the
+checkpoint of the last finished step stays, and `resume` continues from there. When the
+service stops, running runs are stopped the same way and marked failed with a note;
+at the next start, runs still marked running (a crash) are marked the same way and runs
+still queued are queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from graphs.context import Context
+from service.runs import ThreadError, open_checkpointer, run_focus
+from service.store import TERMINAL, RunRecord, RunStore
+
+log = logging.getLogger("finmatch.service")
+T = TypeVar("T")
+
+INTERRUPTED = (
+    "The service stopped while this run was running. Its finished steps are saved: "
+    "POST /runs/{id}/resume continues it from the last one."
+)
+
+
+class RunConflict(Exception):
+    """The run is not in a state that allows the request (e.g. resuming a running run)."""
+
+
+class QueueFull(Exception):
+    """The queue holds as many runs as it may; try again later."""
+
+
+class RunManager:
+    """Queue, execute, cancel and resume runs; record everything in a RunStore."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        warehouse: str = "",
+        checkpoints: str = "",
+        tracing: bool = True,
+        max_concurrent: int = 4,
+        queue_limit: int = 1000,
+    ) -> None:
+        """Configure; nothing runs until `start`."""
+        self.store = store
+        self.warehouse = warehouse
+        self.checkpoints = checkpoints
+        self.tracing = tracing
+        self.max_concurrent = max_concurrent
+        self.queue_limit = queue_limit
+        self._io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finmatch-store")
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._saver: Any = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the checkpointer, recover what a previous process left, start the workers."""
+        self._saver = await self._stack.enter_async_context(open_checkpointer(self.checkpoints))
+        for run in await self.io(self.store.with_status, "running"):
+            await self._finish(run.id, "failed", error=INTERRUPTED.format(id=run.id))
+        for run in await self.io(self.store.with_status, "queued"):
+            self._queue.put_nowait(run.id)
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"finmatch-worker-{i}")
+            for i in range(self.max_concurrent)
+        ]
+
+    async def stop(self) -> None:
+        """Stop the workers; running runs stop at their next step and stay resumable."""
+        self._stopping = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._stack.aclose()
+        self._io_pool.shutdown(wait=True)
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the I/O thread (in submission order) and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io_pool, fn, *args)
+
+    def ready(self) -> bool:
+        """Return whether the workers and the checkpointer are up."""
+        return self._saver is not None and all(not w.done() for w in self._workers)
+
+    # -- requests ----------------------------------------------------------------------
+    async def submit(
+        self, focus_area: str, model: str, filters: dict[str, Any], question: str = ""
+    ) -> RunRecord:
+        """Store a new run as queued and queue it."""
+        if self._queue.qsize() >= self.queue_limit:
+            raise QueueFull(
+                f"{self._queue.qsize()} runs are already waiting (the limit is "
+                f"{self.queue_limit}); try again when some have finished."
+            )
+        run = RunRecord(
+            id=str(uuid.uuid4()),
+            thread_id=str(uuid.uuid4()),
+            focus_area=focus_area,
+            model=model,
+            filters=filters,
+            question=question,
+            status="queued",
+            created_at=time.time(),
+        )
+        await self.io(self.store.create, run)
+        await self._event(run.id, "status", {"status": "queued"})
+        self._queue.put_nowait(run.id)
+        return run
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Stop a queued or running run; it stays resumable."""
+        run = await self._get(run_id)
+        if run.status in TERMINAL:
+            raise RunConflict(f"Run {run_id} has already ended ({run.status}); nothing to cancel.")
+        self._cancel_requested.add(run_id)
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:  # still queued: the worker that takes it will skip it
+            await self._finish(run_id, "cancelled")
+        return await self._get(run_id)
+
+    async def resume(self, run_id: str) -> RunRecord:
+        """Queue a failed or cancelled run again; it continues from its last finished step."""
+        run = await self._get(run_id)
+        if run.status not in ("failed", "cancelled"):
+            raise RunConflict(
+                f"Run {run_id} is {run.status}; only a failed or cancelled run can be resumed."
+            )
+        self._cancel_requested.discard(run_id)
+        await self.io(self.store.update, run_id, {"status": "queued", "error": ""})
+        await self._event(run_id, "status", {"status": "queued", "resumed": True})
+        self._queue.put_nowait(run_id)
+        return await self._get(run_id)
+
+    def changed(self, run_id: str) -> asyncio.Event:
+        """Return an Event set at the run's next event (take it before reading events)."""
+        return self._changed.setdefault(run_id, asyncio.Event())
+
+    # -- internals ---------------------------------------------------------------------
+    async def _get(self, run_id: str) -> RunRecord:
+        run = await self.io(self.store.get, run_id, False)
+        if run is None:
+            raise KeyError(run_id)
+        return run
+
+    def _notify(self, run_id: str) -> None:
+        event = self._changed.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    def _event_nowait(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
+        """Append an event from synchronous code on the loop (the graphs' stream)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._io_pool, self.store.append, run_id, type_, data)
+        future.add_done_callback(lambda _: self._notify(run_id))
+        self._pending.setdefault(run_id, []).append(future)
+
+    async def _event(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
+        self._event_nowait(run_id, type_, data)
+        await self._flush(run_id)
+
+    async def _flush(self, run_id: str) -> None:
+        pending = self._pending.pop(run_id, [])
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _finish(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error: str = "",
+        trace_id: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        await self._flush(run_id)
+        fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "error": error}
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+        if result is not None:
+            fields["result"] = result
+            await self._event(run_id, "report", result)
+        await self.io(self.store.update, run_id, fields)
+        end = {"status": status, "error": error, "trace_id": trace_id or ""}
+        await self._event(run_id, "end", end)
+
+    async def _worker(self) -> None:
+        while True:
+            run_id = await self._queue.get()
+            try:
+                run = await self.io(self.store.get, run_id, False)
+                if run is None or run.status != "queued" or run_id in self._cancel_requested:
+                    continue
+                task = asyncio.create_task(self._execute(run), name=f"finmatch-run-{run_id}")
+                self._tasks[run_id] = task
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    if not task.done():  # the worker itself is being stopped
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                        raise
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in the bookkeeping must not kill the worker
+                log.exception("run %s could not be executed", run_id)
+            finally:
+                self._tasks.pop(run_id, None)
+                self._queue.task_done()
+
+    async def _execute(self, run: RunRecord) -> None:
+        attempt = run.attempts + 1
+        started = {"status": "running", "started_at": time.time(), "attempts": attempt}
+        await self.io(self.store.update, run.id, started)
+        await self._event(run.id, "status", {"status": "running", "attempt": attempt})
+        context = Context(model=run.model, warehouse=self.warehouse, **run.filters)
+
+        def on_event(chunk: dict[str, Any]) -> None:
+            self._event_nowait(run.id, str(chunk.get("type", "event")), chunk)
+
+        async def go(resume: bool) -> Any:
+            return await run_focus(
+                run.focus_area,
+                context,
+                thread_id=run.thread_id,
+                resume=resume,
+                question=run.question,
+                on_event=on_event,
+                saver=self._saver,
+                tracing=self.tracing,
+            )
+
+        try:
+            try:
+                result = await go(resume=run.attempts > 0)
+            except ThreadError:  # stopped before its first checkpoint: start it afresh
+                result = await go(resume=False)
+        except asyncio.CancelledError:
+            if run.id in self._cancel_requested and not self._stopping:
+                await self._finish(run.id, "cancelled")
+            else:
+                await self._finish(run.id, "failed", error=INTERRUPTED.format(id=run.id))
+            return
+        except Exception as e:  # the run failed before its graph could report it
+            log.exception("run %s failed", run.id)
+            await self._finish(run.id, "failed", error=f"{type(e).__name__}: {e}")
+            return
+        if result.status != "succeeded":
+            await self._finish(run.id, "failed", error=result.error, trace_id=result.trace_id)
+            return
+        out = result.output
+        report = (
+            {"reports": out.get("reports", {}), "summary": out.get("summary", {})}
+            if "reports" in out
+            else {"report": out.get("report", {})}
+        )
+        await self._finish(run.id, "succeeded", trace_id=result.trace_id, result=report)

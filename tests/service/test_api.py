@@ -1,0 +1,380 @@
+"""The agent endpoint over real HTTP: `finmatch serve` in a child process on 127.0.0.1.
+
+Runs that must stop mid-way use `import:tests.graphs.scripted:gated`, a scripted model
+standing in for a hosted LLM (which cannot run here): it waits at the model step until the
+test creates a gate file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tools.metrics import dashboard
+from tools.warehouse import DuckDBWarehouse
+
+ROOT = Path(__file__).resolve().parents[2]
+GATED = "import:tests.graphs.scripted:gated"
+DATA_STEPS = 4  # Optimization Opportunities runs four data steps before the model step
+
+
+class Server:
+    """`finmatch serve` as a child process; restartable on the same home and warehouse."""
+
+    def __init__(self, tmp: Path, warehouse: Path, **env: str) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "FINMATCH_HOME": str(tmp / "home"),
+            "FINMATCH_WAREHOUSE": f"duckdb:///{warehouse}",
+            "FINMATCH_TEST_MARKER": str(tmp / "marker"),
+            "FINMATCH_TEST_GATE": str(tmp / "gate"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.tmp / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.tmp / "server.log").read_text()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the service did not start in 60 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def warehouse_file(seeded_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("svc-wh") / "fpr.duckdb"
+    shutil.copy(seeded_path, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, warehouse_file: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("svc"), warehouse_file)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def wait_for(client: httpx.Client, run_id: str, *statuses: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.get(f"/runs/{run_id}").json()
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s")
+
+
+def wait_file(path: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def read_events(url: str, run_id: str, last: int | None = None) -> list[dict[str, Any]]:
+    """Read a run's event stream to its end; return the events with their ids."""
+    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    out: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{url}/runs/{run_id}/events", headers=headers, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, Any] = {}
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                event["id"] = int(line[4:])
+            elif line.startswith("event: "):
+                event["event"] = line[7:]
+            elif line.startswith("data: "):
+                event["data"] = json.loads(line[6:])
+            elif not line and event:
+                out.append(event)
+                event = {}
+    return out
+
+
+def test_health_docs_focus_areas_and_models(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["status"] == "ready"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/runs", "/runs/{run_id}/events", "/metrics", "/records"} <= set(spec["paths"])
+    areas = client.get("/focus-areas").json()
+    assert [a["slug"] for a in areas] == [
+        "overall-performance",
+        "optimization-opportunities",
+        "financial-impact",
+        "strategic-recommendations",
+    ]
+    assert all(a["business_challenge"] and a["agent_solution"] and a["steps"] for a in areas)
+    assert client.get("/models").json()[0]["name"] == "offline"
+
+
+def test_a_run_from_start_to_report_with_its_event_stream(
+    client: httpx.Client, server: Server
+) -> None:
+    created = client.post("/runs", json={"focus_area": "optimization-opportunities"})
+    assert created.status_code == 202
+    run_id = created.json()["id"]
+    events = read_events(server.url, run_id)  # follows the run live until it ends
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["event"] == "status" and events[-1]["event"] == "end"
+    assert events[-1]["data"]["status"] == "succeeded"
+    finished = [e["data"]["step"] for e in events if e["event"] == "step_finish"]
+    assert len(finished) == 6
+    run = client.get(f"/runs/{run_id}").json()
+    assert run["status"] == "succeeded" and run["trace_id"]
+    assert [s["step"] for s in run["steps"]] == finished
+    assert all(s["detail"] for s in run["steps"])
+    report = run["result"]["report"]
+    assert report["focus_area"] == "optimization-opportunities" and report["findings"]
+    # A client that reconnects gets what came after its last event; one that comes after
+    # the end gets the whole story again.
+    assert read_events(server.url, run_id, last=3) == events[3:]
+    assert read_events(server.url, run_id) == events
+
+
+def test_cancel_then_resume_does_not_redo_finished_steps(
+    client: httpx.Client, server: Server
+) -> None:
+    marker, gate = server.tmp / "marker", server.tmp / "gate"
+    marker.unlink(missing_ok=True)
+    gate.unlink(missing_ok=True)
+    run_id = client.post(
+        "/runs", json={"focus_area": "optimization-opportunities", "model": GATED}
+    ).json()["id"]
+    wait_file(marker)  # the run is at its model step
+    cancelled = client.post(f"/runs/{run_id}/cancel")
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "cancelled"
+    assert len(cancelled.json()["steps"]) == DATA_STEPS
+    again = client.post(f"/runs/{run_id}/cancel")
+    assert again.status_code == 409 and "already ended (cancelled)" in again.json()["detail"]
+    gate.write_text("open")
+    assert client.post(f"/runs/{run_id}/resume").status_code == 202
+    run = wait_for(client, run_id, "succeeded", "failed")
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempts"] == 2
+    started = [
+        e["data"]["step"] for e in read_events(server.url, run_id) if e["event"] == "step_start"
+    ]
+    assert len(started) == len(set(started)) + 1  # only the model step started twice
+    assert client.post(f"/runs/{run_id}/resume").status_code == 409
+
+
+def test_history_filters_and_pages(client: httpx.Client) -> None:
+    for focus in ("financial-impact", "financial-impact", "strategic-recommendations"):
+        run_id = client.post("/runs", json={"focus_area": focus}).json()["id"]
+        wait_for(client, run_id, "succeeded")
+    page = client.get("/runs", params={"focus_area": "financial-impact", "limit": 1}).json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    rest = client.get(
+        "/runs", params={"focus_area": "financial-impact", "cursor": page["next_cursor"]}
+    ).json()
+    ids = [r["id"] for r in page["items"] + rest["items"]]
+    assert len(ids) == len(set(ids)) == 2
+    assert rest["next_cursor"] is None
+    succeeded = client.get("/runs", params={"status": "succeeded", "limit": 200}).json()["items"]
+    assert all(r["status"] == "succeeded" for r in succeeded)
+    created = [r["created_at"] for r in succeeded]
+    assert created == sorted(created, reverse=True)
+    future = client.get("/runs", params={"since": "2999-01-01T00:00:00"}).json()
+    assert future["items"] == []
+
+
+def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None:
+    body = client.get("/metrics", params={"segment": "Retail"}).json()
+    assert body["scope"] == "segment = Retail"
+    from tools.metrics import Filters
+
+    wh = DuckDBWarehouse(warehouse_file)
+    try:
+        direct = dashboard(wh, Filters(segment="Retail"))
+    finally:
+        wh.close()
+    for name in ("kpis", "distributions"):  # parallel float sums may differ in the last bits
+        assert len(body[name]["rows"]) == len(direct[name].rows)
+        for got, want in zip(body[name]["rows"], direct[name].rows, strict=True):
+            assert got == pytest.approx(want)
+    seen: list[str] = []
+    after = None
+    while True:
+        params: dict[str, Any] = {"page_size": 200}
+        if after:
+            params["after"] = after
+        page = client.get("/records", params=params).json()
+        seen += [r["record_id"] for r in page["records"]]
+        after = page["next_cursor"]
+        if after is None:
+            break
+    assert len(seen) == len(set(seen)) == 750 and seen == sorted(seen)
+    retail = client.get("/records", params={"segment": "Retail", "page_size": 5}).json()
+    assert {r["customer_segment"] for r in retail["records"]} == {"Retail"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "message"),
+    [
+        ("post", "/runs", {"focus_area": "growth"}, 422, "choose one of: overall-performance"),
+        ("post", "/runs", {"focus_area": "all", "model": "gpt-9"}, 422, "available: offline"),
+        (
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"segment": "Martians"}},
+            422,
+            "Unknown segment 'Martians'; the data has: Commercial, Retail",
+        ),
+        (
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"date_from": "2025-02-01", "date_to": "2025-01-01"}},
+            422,
+            "is after date_to",
+        ),
+        ("post", "/runs", {"focus": "all"}, 422, "focus_area: Field required"),
+        ("get", "/records?page_size=0", None, 422, "page_size: Input should be greater"),
+        ("get", "/records?page_size=201", None, 422, "page_size: Input should be less"),
+        ("get", "/metrics?product_type=Yacht", None, 422, "Unknown product_type 'Yacht'"),
+        ("get", "/runs?limit=0", None, 422, "limit: Input should be greater"),
+        ("get", "/runs?cursor=nonsense", None, 422, "is not a next_cursor"),
+        ("get", "/runs/nope", None, 404, "No run nope"),
+        ("post", "/runs/nope/cancel", None, 404, "No run nope"),
+        ("post", "/runs/nope/resume", None, 404, "No run nope"),
+        ("get", "/runs/nope/events", None, 404, "No run nope"),
+    ],
+)
+def test_bad_requests_get_clear_problems(
+    client: httpx.Client, method: str, path: str, payload: Any, status: int, message: str
+) -> None:
+    response = client.request(method, path, json=payload)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and message in body["detail"], body
+    assert "Traceback" not in response.text
+
+
+def test_malformed_and_huge_bodies(client: httpx.Client) -> None:
+    bad = client.post("/runs", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 422 and "not valid JSON" in bad.json()["detail"]
+    huge = client.post("/runs", json={"focus_area": "all", "question": "x" * 200_000})
+    assert huge.status_code == 413
+    assert "larger than 65536 bytes" in huge.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it is read
+        yield b'{"focus_area": "all", "question": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    chunked = client.post("/runs", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert chunked.headers["content-type"] == "application/problem+json"
+
+
+def test_restart_mid_run_then_resume(tmp_path: Path, warehouse_file: Path) -> None:
+    """SIGKILL the service at the model step; the next one reports the run and resumes it."""
+    srv = Server(tmp_path, warehouse_file, FINMATCH_TRACING="false")
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            run_id = c.post(
+                "/runs", json={"focus_area": "optimization-opportunities", "model": GATED}
+            ).json()["id"]
+            wait_file(tmp_path / "marker")
+        srv.stop(signal.SIGKILL)
+        srv.start()
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            run = c.get(f"/runs/{run_id}").json()
+            assert run["status"] == "failed"
+            assert "POST /runs/" in run["error"] and "/resume" in run["error"]
+            assert len(run["steps"]) == DATA_STEPS
+            history = c.get("/runs").json()["items"]
+            assert [r["id"] for r in history] == [run_id]
+            (tmp_path / "gate").write_text("open")
+            assert c.post(f"/runs/{run_id}/resume").status_code == 202
+            run = wait_for(c, run_id, "succeeded", "failed")
+            assert run["status"] == "succeeded", run["error"]
+            started = [
+                e["data"]["step"]
+                for e in read_events(srv.url, run_id)
+                if e["event"] == "step_start"
+            ]
+            assert len(started) == len(set(started)) + 1  # only the model step ran twice
+    finally:
+        srv.stop()
+
+
+def test_api_keys(tmp_path: Path, warehouse_file: Path) -> None:
+    srv = Server(tmp_path, warehouse_file, FINMATCH_API_KEYS="key-one, key-two")
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert c.get("/health").status_code == 200
+            missing = c.get("/models")
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer" in missing.json()["detail"]
+            assert c.get("/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert c.get("/models", headers={"Authorization": "Basic key-two"}).status_code == 401
+            ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
+            assert ok.status_code == 200
+            assert c.post("/runs", json={"focus_area": "all"}).status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_serve_refuses_other_addresses_without_a_key(tmp_path: Path) -> None:
+    env = {**os.environ, "FINMATCH_HOME": str(tmp_path), "FINMATCH_API_KEYS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Refusing to listen on 0.0.0.0 without an API key" in done.stderr
+    assert "FINMATCH_API_KEYS" in done.stderr
