@@ -463,13 +463,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def cancel_run(run_id: str, request: Request) -> RunView:
         """Stop a run at its next step; its finished steps are kept for resume."""
-        try:
-            await manager(request).cancel(run_id)
-        except KeyError as e:
-            raise _fail(404, f"No run {run_id}.") from e
-        except RunConflict as e:
-            raise _fail(409, str(e)) from e
-        return _view(*await load_run(request, run_id))
+        return await act(request, run_id, manager(request).cancel)
 
     @app.post(
         "/runs/{run_id}/resume",
@@ -480,8 +474,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     async def resume_run(run_id: str, request: Request) -> RunView:
         """Queue a failed or cancelled run again; it continues after its last finished step."""
+        return await act(request, run_id, manager(request).resume)
+
+    async def act(request: Request, run_id: str, action: Any) -> RunView:
         try:
-            await manager(request).resume(run_id)
+            await action(run_id)
         except KeyError as e:
             raise _fail(404, f"No run {run_id}.") from e
         except RunConflict as e:

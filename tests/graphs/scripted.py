@@ -98,8 +98,25 @@ class _Hanging(_Failing):
         **kwargs: Any,
     ) -> ChatResult:
         Path(os.environ["FINMATCH_TEST_MARKER"]).write_text("model step reached")
+        await self._wait()
+        reply = answer("Gated answer", [("Findings", "As the evidence shows.")], [])
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+    async def _wait(self) -> None:
         await asyncio.Event().wait()  # never set: the test kills this process
-        raise AssertionError("unreachable")
+
+
+class _Gated(_Hanging):
+    """Writes the marker, waits until the gate file exists, then answers."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "gated"
+
+    async def _wait(self) -> None:
+        gate = Path(os.environ["FINMATCH_TEST_GATE"])
+        while not gate.exists():
+            await asyncio.sleep(0.05)
 
 
 def failing(ctx: Any) -> BaseChatModel:
@@ -118,28 +135,6 @@ CURRENT: list[BaseChatModel] = []
 def current(ctx: Any) -> BaseChatModel:
     """Factory for `import:tests.graphs.scripted:current`: the model a test put in CURRENT."""
     return CURRENT[-1]
-
-
-class _Gated(_Failing):
-    """Writes the marker, waits until the gate file exists, then answers."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "gated"
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        Path(os.environ["FINMATCH_TEST_MARKER"]).write_text("model step reached")
-        gate = Path(os.environ["FINMATCH_TEST_GATE"])
-        while not gate.exists():
-            await asyncio.sleep(0.05)
-        reply = answer("Gated answer", [("Findings", "As the evidence shows.")], [])
-        return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
 def gated(ctx: Any) -> BaseChatModel:
