@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from mlflow.types.responses import ResponsesAgentRequest
 
+from graphs.resources import close_all
 from service.agent import FinMatchAgent, understand
 
 
@@ -38,7 +40,9 @@ def test_stream_then_predict(
     seeded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FINMATCH_HOME", str(tmp_path))
-    agent = FinMatchAgent(warehouse=f"duckdb:///{seeded_path}", tracing=False)
+    copy = tmp_path / "fpr.duckdb"  # the run pools its warehouse: keep it off the shared file
+    shutil.copy(seeded_path, copy)
+    agent = FinMatchAgent(warehouse=f"duckdb:///{copy}", tracing=False)
     request = _request("", focus_area="optimization-opportunities", filters={"segment": "Retail"})
     events = list(agent.predict_stream(request))
     assert all(e.type == "response.output_item.done" for e in events)
@@ -52,3 +56,4 @@ def test_stream_then_predict(
     response = agent.predict(request)
     assert len(response.output) == 7
     assert response.custom_outputs["filters"] == {"segment": "Retail"}
+    close_all()
