@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +29,7 @@ from graphs.models import UnknownModel, available_models, check_model
 from graphs.resources import close_all, warehouse_for
 from service.manager import QueueFull, RunConflict, RunManager
 from service.runs import ALL, RunSettings
-from service.store import STATUSES, TERMINAL, RunRecord, RunStore
+from service.store import TERMINAL, RunRecord, RunStore, Status
 from tools.metrics import Filters, dashboard
 from tools.settings import project_home
 from tools.warehouse import WarehouseError, as_records
@@ -53,7 +53,6 @@ class ServiceSettings(BaseSettings):
     finmatch_service_db: str = Field(
         "", description="Run history and events (default .finmatch/service.sqlite)"
     )
-    finmatch_warehouse: str = Field("", description="Warehouse URL (default: the embedded one)")
 
     def keys(self) -> list[str]:
         """Return the configured API keys."""
@@ -126,7 +125,7 @@ class RunView(BaseModel):
     focus_area: str
     model: str
     filters: dict[str, Any]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: Status
     created_at: datetime.datetime
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
@@ -250,8 +249,11 @@ def scope_query(
     )
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """Build the service (it starts its run manager when served)."""
+def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") -> FastAPI:
+    """Build the service (it starts its run manager when served).
+
+    `warehouse` is a warehouse URL; empty means FINMATCH_WAREHOUSE or the embedded default.
+    """
     settings = settings or ServiceSettings()
     keys = [k.encode() for k in settings.keys()]
     store_path = (
@@ -265,7 +267,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         store = RunStore(store_path)
         manager = RunManager(
             store,
-            warehouse=settings.finmatch_warehouse,
+            warehouse=warehouse,
             checkpoints=RunSettings().finmatch_checkpoints,
             tracing=RunSettings().finmatch_tracing,
             max_concurrent=settings.finmatch_max_concurrent_runs,
@@ -348,7 +350,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """The warehouse, the checkpointer and the run history can be reached."""
         m = manager(request)
         try:
-            wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+            wh = await asyncio.to_thread(warehouse_for, warehouse)
             await asyncio.to_thread(wh.run, "SELECT count(*) AS n FROM fpr_records")
             await m.io(m.store.ping)
         except Exception as e:
@@ -381,7 +383,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     async def allowed_values(request: Request) -> dict[str, list[str]]:
         if request.app.state.allowed is None:
-            wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+            wh = await asyncio.to_thread(warehouse_for, warehouse)
             sql = " UNION ALL ".join(
                 f"SELECT '{key}' AS k, {col} AS v FROM fpr_records GROUP BY {col}"
                 for key, col in (
@@ -548,7 +550,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             str | None, Query(description="Only this focus area (or 'all')")
         ] = None,
         model: Annotated[str | None, Query(description="Only runs with this model")] = None,
-        status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+        status: Status | None = None,
         since: Annotated[datetime.datetime | None, Query(description="Created at or after")] = None,
         until: Annotated[datetime.datetime | None, Query(description="Created before")] = None,
         limit: Annotated[int, Query(ge=1, le=200, description="Runs per page")] = 20,
@@ -588,7 +590,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """The dashboard: KPIs, financial metrics and distributions, with the SQL behind them."""
         filters = await check_filters(request, scope)
-        wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+        wh = await asyncio.to_thread(warehouse_for, warehouse)
         try:
             evidence = await asyncio.to_thread(dashboard, wh, filters)
         except WarehouseError as e:
@@ -613,7 +615,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             params["after"] = after
         sql = f"SELECT * FROM fpr_records WHERE {where} ORDER BY record_id LIMIT :n"
         params["n"] = page_size + 1
-        wh = await asyncio.to_thread(warehouse_for, settings.finmatch_warehouse)
+        wh = await asyncio.to_thread(warehouse_for, warehouse)
         try:
             result = await asyncio.to_thread(wh.run, sql, params)
         except WarehouseError as e:
@@ -626,4 +628,4 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["STATUSES", "ServiceSettings", "check_bind", "create_app"]
+__all__ = ["ServiceSettings", "check_bind", "create_app"]

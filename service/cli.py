@@ -445,14 +445,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.api import ServiceSettings, check_bind, create_app
 
     settings = ServiceSettings()
-    if args.warehouse:
-        settings.finmatch_warehouse = args.warehouse
     try:
         check_bind(args.host, settings)
     except ValueError as e:
         raise CliError(str(e), EXIT_USAGE) from e
     _err(f"FinMatch agent endpoint on http://{args.host}:{args.port} (docs: /docs)")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    app = create_app(settings, warehouse=args.warehouse or "")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 

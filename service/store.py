@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = get_args(Status)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tools.metrics import dashboard
+from tools.metrics import Filters, dashboard
 from tools.warehouse import DuckDBWarehouse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,8 +226,6 @@ def test_history_filters_and_pages(client: httpx.Client) -> None:
 def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None:
     body = client.get("/metrics", params={"segment": "Retail"}).json()
     assert body["scope"] == "segment = Retail"
-    from tools.metrics import Filters
-
     wh = DuckDBWarehouse(warehouse_file)
     try:
         direct = dashboard(wh, Filters(segment="Retail"))
