@@ -76,6 +76,25 @@ async def open_checkpointer(url: str = "") -> AsyncIterator[BaseCheckpointSaver[
         yield saver
 
 
+def use_tracking(uri: str = "", experiment: str = "finmatch") -> None:
+    """Point MLflow at `uri` (default: a SQLite store under the project home) and `experiment`.
+
+    A new experiment in a local store keeps its artifacts (trace data) beside the store,
+    not in ./mlruns of whatever directory the process runs in.
+    """
+    import mlflow
+
+    if not uri:
+        home = project_home()
+        home.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(experiment)
+
+
 @contextlib.contextmanager
 def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[Any]:
     """Open the run's root MLflow span (the trace); yield it, or None when tracing is off."""
@@ -87,11 +106,7 @@ def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    settings = RunSettings()
-    home = project_home()
-    home.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
-    mlflow.set_experiment("finmatch")
+    use_tracking(RunSettings().mlflow_tracking_uri)
     try:
         with mlflow.start_span(name=name, span_type="AGENT") as root:
             mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.types.responses import ResponsesAgentRequest
 
 from graphs.resources import close_all
 from service.agent import FinMatchAgent, understand
+from service.runs import use_tracking
 
 
 def _request(text: str, **custom: object) -> ResponsesAgentRequest:
@@ -36,6 +40,23 @@ def test_requests_are_understood() -> None:
         understand(_request("x", filters={"date_from": "2025-02-01", "date_to": "2025-01-01"}))
 
 
+@pytest.fixture
+def trace_store(tmp_path: Path) -> Iterator[None]:
+    """ResponsesAgent traces predict itself: keep those traces out of the checkout.
+
+    set_tracking_uri also sets MLFLOW_TRACKING_URI for child processes; both are restored.
+    """
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    use_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield
+    mlflow.set_tracking_uri(previous)
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+@pytest.mark.usefixtures("trace_store")
 def test_stream_then_predict(
     seeded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

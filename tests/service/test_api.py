@@ -44,6 +44,7 @@ class Server:
             "FINMATCH_TEST_MARKER": str(tmp / "marker"),
             "FINMATCH_TEST_GATE": str(tmp / "gate"),
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
