@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import re
 import threading
 import uuid
 from collections.abc import Generator
@@ -30,70 +29,11 @@ from mlflow.types.responses import (
     ResponsesAgentStreamEvent,
 )
 
-from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
-from graphs.models import check_model
-from graphs.report import Report
-from service.runs import ALL, run_focus
-from tools.metrics import Filters
-from tools.schema import LIFECYCLE_STAGES, PRODUCT_TYPES, SEGMENTS
+from service.responses import QUESTION_CHARS, last_user_text, report_text, step_text, understand
+from service.runs import run_focus
 
 _DONE = object()
-
-
-def _last_user_text(request: ResponsesAgentRequest) -> str:
-    for item in reversed(request.input):
-        data = item.model_dump() if hasattr(item, "model_dump") else dict(item)
-        if data.get("role") == "user":
-            content = data.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
-    return ""
-
-
-def _mentioned(text: str, names: tuple[str, ...]) -> str | None:
-    lowered = text.lower()
-    for name in sorted(names, key=len, reverse=True):
-        if re.search(rf"\b{re.escape(name.lower())}\b", lowered):
-            return name
-    return None
-
-
-def understand(request: ResponsesAgentRequest) -> tuple[str, str, dict[str, Any]]:
-    """Return (focus area, model, filters) of a request; raise ValueError if one is unknown."""
-    custom = dict(request.custom_inputs or {})
-    text = _last_user_text(request)
-    focus = custom.get("focus_area")
-    if focus is None:
-        names = {a.name: slug for slug, a in FOCUS_AREAS.items()}
-        named = _mentioned(text, tuple(names))
-        focus = names[named] if named else ALL
-    if focus not in (*FOCUS_AREAS, ALL):
-        raise ValueError(
-            f"Unknown focus area {focus!r}; choose one of: {', '.join([*FOCUS_AREAS, ALL])}"
-        )
-    model = check_model(str(custom.get("model", "offline")))
-    filters = dict(custom.get("filters") or {})
-    if not custom.get("filters"):
-        for key, vocabulary in (
-            ("segment", SEGMENTS),
-            ("lifecycle_stage", LIFECYCLE_STAGES),
-            ("product_type", PRODUCT_TYPES),
-        ):
-            found = _mentioned(text, vocabulary)
-            if found:
-                filters[key] = found
-    Filters(**filters)  # refuses unknown keys and bad dates with a clear message
-    return focus, model, filters
-
-
-def _report_text(output: dict[str, Any]) -> str:
-    if "reports" in output:
-        summary = output.get("summary", {})
-        return f"# {summary.get('title', 'Executive summary')}\n\n{summary.get('markdown', '')}"
-    return Report(**output["report"]).markdown()
 
 
 class FinMatchAgent(ResponsesAgent):
@@ -132,6 +72,7 @@ class FinMatchAgent(ResponsesAgent):
                         focus,
                         context,
                         thread_id=thread_id,
+                        question=last_user_text(request)[:QUESTION_CHARS],
                         on_event=events.put,
                         tracing=self.tracing,
                     )
@@ -145,10 +86,9 @@ class FinMatchAgent(ResponsesAgent):
         worker.start()
         while (event := events.get()) is not _DONE:
             if event.get("type") == "step_finish":
-                text = f"{event['focus_area']}: {event['step']} — {event.get('detail', '')}"
                 yield ResponsesAgentStreamEvent(
                     type="response.output_item.done",
-                    item=self.create_text_output_item(text, str(uuid.uuid4())),
+                    item=self.create_text_output_item(step_text(event), str(uuid.uuid4())),
                 )
         worker.join()
         if "error" in outcome:
@@ -160,7 +100,7 @@ class FinMatchAgent(ResponsesAgent):
             )
         yield ResponsesAgentStreamEvent(
             type="response.output_item.done",
-            item=self.create_text_output_item(_report_text(result.output), str(uuid.uuid4())),
+            item=self.create_text_output_item(report_text(result.output), str(uuid.uuid4())),
             custom_outputs={
                 "focus_area": focus,
                 "filters": filters,

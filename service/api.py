@@ -12,6 +12,7 @@ import datetime
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,12 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from mlflow.pyfunc import ResponsesAgent
+from mlflow.types.responses import (
+    ResponsesAgentRequest,
+    ResponsesAgentResponse,
+    ResponsesAgentStreamEvent,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
@@ -28,8 +35,9 @@ from graphs.areas import FOCUS_AREAS
 from graphs.models import UnknownModel, available_models, check_model
 from graphs.resources import close_all, warehouse_for
 from service.manager import QueueFull, RunConflict, RunManager
+from service.responses import QUESTION_CHARS, last_user_text, report_text, step_text, understand
 from service.runs import ALL, RunSettings
-from service.store import TERMINAL, RunRecord, RunStore, Status
+from service.store import RunRecord, RunStore, Status
 from tools.metrics import Filters, dashboard
 from tools.settings import project_home
 from tools.warehouse import WarehouseError, as_records
@@ -103,7 +111,9 @@ class RunRequest(BaseModel):
     )
     model: str = Field("offline", description="A model name from GET /models")
     filters: RunFilters = Field(default_factory=RunFilters)
-    question: str = Field("", max_length=2000, description="Optional question for the model")
+    question: str = Field(
+        "", max_length=QUESTION_CHARS, description="Optional question for the model"
+    )
 
 
 class StepView(BaseModel):
@@ -296,7 +306,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     async def http_problem(request: Request, exc: HTTPException) -> Any:
         titles = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
                   413: "Request body too large", 422: "Unprocessable request",
-                  429: "Too many runs waiting", 503: "Not ready"}  # fmt: skip
+                  429: "Too many runs waiting", 502: "Run failed",
+                  503: "Not ready"}  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 413:
             detail = f"The request body is larger than {settings.finmatch_max_body_bytes} bytes."
@@ -517,24 +528,14 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             ) from e
 
         async def stream() -> AsyncIterator[str]:
-            nonlocal after
             yield "retry: 1000\n\n"
-            while True:
-                changed = m.changed(run_id)
-                events = await m.io(m.store.events, run_id, after)
-                for e in events:
+            async for e in m.follow(run_id, after, idle=KEEPALIVE_S):
+                if e is not None:
                     data = json.dumps({**e.data, "at": e.at}, default=str)
                     yield f"id: {e.seq}\nevent: {e.type}\ndata: {data}\n\n"
-                    after = e.seq
-                if events and events[-1].type == "end":
-                    run = await m.io(m.store.get, run_id, False)
-                    if run is not None and run.status in TERMINAL:
-                        return
-                if await request.is_disconnected():
+                elif await request.is_disconnected():
                     return
-                try:
-                    await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
-                except TimeoutError:
+                else:
                     yield ": keep-alive\n\n"
 
         return StreamingResponse(
@@ -624,6 +625,121 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         more = len(rows) > page_size
         rows = rows[:page_size]
         return RecordPage(records=rows, next_cursor=rows[-1]["record_id"] if more else None)
+
+    # -- the MLflow Responses agent contract ----------------------------------------------
+    def output_item(text: str) -> dict[str, Any]:
+        return ResponsesAgent.create_text_output_item(text, str(uuid.uuid4()))
+
+    async def responses_of(
+        request: Request, run: RunRecord, trace_header: bool
+    ) -> AsyncIterator[ResponsesAgentStreamEvent | str]:
+        """The run's steps as output items, then the report; a string when it failed."""
+        m = manager(request)
+        async for e in m.follow(run.id):
+            if e is None or e.type not in ("step_finish", "end"):
+                continue
+            if e.type == "step_finish":
+                item = output_item(step_text(e.data))
+                yield ResponsesAgentStreamEvent(type="response.output_item.done", item=item)
+                continue
+            done = await m.io(m.store.get, run.id)
+            if done is None or done.status != "succeeded" or done.result is None:
+                status = done.status if done else "lost"
+                reason = f": {done.error}" if done and done.error else ""
+                yield (
+                    f"Run {run.id} ended {status}{reason}. Its finished steps are saved; "
+                    f"POST /runs/{run.id}/resume continues it."
+                )
+                return
+            custom = {
+                "run_id": run.id,
+                "focus_area": run.focus_area,
+                "model": run.model,
+                "filters": run.filters,
+                "thread_id": run.thread_id,
+                "trace_id": done.trace_id,
+            }
+            yield ResponsesAgentStreamEvent(
+                type="response.output_item.done",
+                item=output_item(report_text(done.result)),
+                custom_outputs=custom,
+                **({"trace_id": done.trace_id} if trace_header else {}),
+            )
+            return
+
+    async def invoke(
+        body: ResponsesAgentRequest,
+        request: Request,
+        x_mlflow_return_trace_id: Annotated[
+            str | None, Header(description="'true' adds the trace id to the response")
+        ] = None,
+    ) -> Any:
+        """Run the agents on a Responses request, as a Databricks serving endpoint would.
+
+        Focus area, model and filters come from `custom_inputs` or the user's words
+        ("financial impact for Retail customers"); unnamed, the four areas run with an
+        executive summary. The answer holds each finished step and then the report; with
+        `stream: true` they arrive as they happen. The run is queued, recorded and
+        resumable like any POST /runs run (`custom_outputs.run_id`).
+        """
+        try:
+            focus, model, filters = understand(body)
+            scope = RunFilters(**filters)
+        except ValueError as e:
+            raise _fail(422, str(e)) from e
+        await check_filters(request, scope)
+        question = last_user_text(body)[:QUESTION_CHARS]
+        try:
+            run = await manager(request).submit(
+                focus, model, scope.model_dump(mode="json", exclude_none=True), question
+            )
+        except QueueFull as e:
+            raise _fail(429, str(e)) from e
+        trace_header = (x_mlflow_return_trace_id or "").lower() == "true"
+        events = responses_of(request, run, trace_header)
+        if body.stream:
+
+            async def sse() -> AsyncIterator[str]:
+                async for event in events:
+                    if isinstance(event, str):
+                        yield f"data: {json.dumps({'error': event})}\n\n"
+                        break
+                    yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(
+                sse(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        items: list[dict[str, Any]] = []
+        custom: dict[str, Any] = {}
+        async for event in events:
+            if isinstance(event, str):
+                raise _fail(502, event)
+            items.append(event.model_dump()["item"])
+            custom = event.custom_outputs or custom
+        metadata = {"trace_id": custom["trace_id"]} if trace_header else None
+        response = ResponsesAgentResponse(output=items, custom_outputs=custom, metadata=metadata)
+        return response.model_dump(exclude_none=True)
+
+    contract: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "A ResponsesAgentResponse, or with `stream: true` Server-Sent "
+            "Events of ResponsesAgentStreamEvent ending with `data: [DONE]`",
+            "content": {"text/event-stream": {}},
+        },
+        422: {"model": Problem},
+        502: {"model": Problem},
+    }
+    for path, api in (("/invocations", "MLflow"), ("/responses", "OpenAI")):
+        app.post(
+            path,
+            summary=f"Invoke the agents ({api} Responses)",
+            tags=["responses"],
+            dependencies=guarded,
+            responses=contract,
+        )(invoke)
 
     return app
 

@@ -20,13 +20,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from graphs.context import Context
 from service.runs import ThreadError, open_checkpointer, run_focus
-from service.store import TERMINAL, RunRecord, RunStore
+from service.store import TERMINAL, Event, RunRecord, RunStore
 
 log = logging.getLogger("finmatch.service")
 T = TypeVar("T")
@@ -166,6 +166,28 @@ class RunManager:
     def changed(self, run_id: str) -> asyncio.Event:
         """Return an Event set at the run's next event (take it before reading events)."""
         return self._changed.setdefault(run_id, asyncio.Event())
+
+    async def follow(
+        self, run_id: str, after: int = 0, idle: float | None = None
+    ) -> AsyncIterator[Event | None]:
+        """Yield the run's events after number `after`, as they come, until it has ended.
+
+        With `idle` seconds, yields None whenever that long passes without an event.
+        """
+        while True:
+            changed = self.changed(run_id)
+            events = await self.io(self.store.events, run_id, after)
+            for event in events:
+                yield event
+                after = event.seq
+            if events and events[-1].type == "end":
+                run = await self.io(self.store.get, run_id, False)
+                if run is not None and run.status in TERMINAL:
+                    return
+            try:
+                await asyncio.wait_for(changed.wait(), idle)
+            except TimeoutError:
+                yield None
 
     # -- internals ---------------------------------------------------------------------
     async def _get(self, run_id: str) -> RunRecord:

@@ -7,6 +7,7 @@ test creates a gate file.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamEvent
 
 from tests.conftest import free_port
 from tools.metrics import Filters, dashboard
@@ -140,7 +142,8 @@ def test_health_docs_focus_areas_and_models(client: httpx.Client) -> None:
     assert client.get("/ready").json()["status"] == "ready"
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert {"/runs", "/runs/{run_id}/events", "/metrics", "/records"} <= set(spec["paths"])
+    paths = {"/runs", "/runs/{run_id}/events", "/metrics", "/records", "/invocations", "/responses"}
+    assert paths <= set(spec["paths"])
     areas = client.get("/focus-areas").json()
     assert [a["slug"] for a in areas] == [
         "overall-performance",
@@ -176,6 +179,65 @@ def test_a_run_from_start_to_report_with_its_event_stream(
     assert read_events(server.url, run_id) == events
 
 
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def test_invocations_answers_like_a_serving_endpoint(client: httpx.Client) -> None:
+    """The Responses contract: area and scope from the words, steps then the report."""
+    body = {"input": [user("What is the financial impact for Retail customers?")]}
+    answer = client.post("/invocations", json=body, headers={"x-mlflow-return-trace-id": "true"})
+    assert answer.status_code == 200, answer.text
+    out = ResponsesAgentResponse(**answer.json())
+    custom = out.custom_outputs or {}
+    assert custom["focus_area"] == "financial-impact"
+    assert custom["filters"] == {"segment": "Retail"}
+    assert out.metadata == {"trace_id": custom["trace_id"]} and custom["trace_id"]
+    texts = [item["content"][0]["text"] for item in answer.json()["output"]]
+    run = client.get(f"/runs/{custom['run_id']}").json()  # recorded like any other run
+    assert run["status"] == "succeeded"
+    steps = [f"financial-impact: {s['step']} — {s['detail']}" for s in run["steps"]]
+    assert texts[:-1] == steps and len(steps) == 6
+    assert texts[-1].startswith("# ") and "Retail" in texts[-1]
+    assert "Question asked: What is the financial impact" in texts[-1]
+
+
+def test_responses_streams_each_step_then_the_report(client: httpx.Client) -> None:
+    body = {
+        "input": [user("How are we doing?")],
+        "custom_inputs": {"focus_area": "overall-performance"},
+        "stream": True,
+    }
+    chunks: list[Any] = []
+    with client.stream("POST", "/responses", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        chunks = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert chunks[-1] == "[DONE]"
+    events = [ResponsesAgentStreamEvent(**json.loads(c)) for c in chunks[:-1]]
+    assert {e.type for e in events} == {"response.output_item.done"}
+    assert all(e.custom_outputs is None for e in events[:-1])
+    last = events[-1].custom_outputs or {}
+    assert last["focus_area"] == "overall-performance"
+    run = client.get(f"/runs/{last['run_id']}").json()
+    assert len(events) == len(run["steps"]) + 1
+
+
+def test_a_failed_invocation_says_how_to_resume(client: httpx.Client) -> None:
+    body = {
+        "input": [user("overall performance")],
+        "custom_inputs": {"model": "import:tests.graphs.scripted:failing"},
+    }
+    failed = client.post("/invocations", json=body)
+    assert failed.status_code == 502
+    detail = failed.json()["detail"]
+    assert "ended failed" in detail and "serving endpoint returned 503" in detail
+    assert "/resume continues it" in detail
+    streamed = client.post("/invocations", json={**body, "stream": True})
+    chunks = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert chunks[-1] == "[DONE]" and "ended failed" in json.loads(chunks[-2])["error"]
+
+
 def test_cancel_then_resume_does_not_redo_finished_steps(
     client: httpx.Client, server: Server
 ) -> None:
@@ -205,14 +267,14 @@ def test_cancel_then_resume_does_not_redo_finished_steps(
 
 
 def test_history_filters_and_pages(client: httpx.Client) -> None:
+    since = datetime.datetime.now(datetime.UTC).isoformat()  # other tests' runs came before
     for focus in ("financial-impact", "financial-impact", "strategic-recommendations"):
         run_id = client.post("/runs", json={"focus_area": focus}).json()["id"]
         wait_for(client, run_id, "succeeded")
-    page = client.get("/runs", params={"focus_area": "financial-impact", "limit": 1}).json()
+    mine = {"focus_area": "financial-impact", "since": since}
+    page = client.get("/runs", params={**mine, "limit": 1}).json()
     assert len(page["items"]) == 1 and page["next_cursor"]
-    rest = client.get(
-        "/runs", params={"focus_area": "financial-impact", "cursor": page["next_cursor"]}
-    ).json()
+    rest = client.get("/runs", params={**mine, "cursor": page["next_cursor"]}).json()
     ids = [r["id"] for r in page["items"] + rest["items"]]
     assert len(ids) == len(set(ids)) == 2
     assert rest["next_cursor"] is None
@@ -281,6 +343,29 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
         ("post", "/runs/nope/cancel", None, 404, "No run nope"),
         ("post", "/runs/nope/resume", None, 404, "No run nope"),
         ("get", "/runs/nope/events", None, 404, "No run nope"),
+        ("post", "/invocations", {"input": []}, 200, ""),  # no words: the four areas run
+        ("post", "/invocations", {"custom_inputs": {}}, 422, "input: Field required"),
+        (
+            "post",
+            "/invocations",
+            {"input": [], "custom_inputs": {"focus_area": "growth"}},
+            422,
+            "Unknown focus area 'growth'",
+        ),
+        (
+            "post",
+            "/responses",
+            {"input": [], "custom_inputs": {"filters": {"segment": "Martians"}}},
+            422,
+            "Unknown segment 'Martians'",
+        ),
+        (
+            "post",
+            "/responses",
+            {"input": [], "custom_inputs": {"filters": {"colour": "red"}}},
+            422,
+            "colour",
+        ),
     ],
 )
 def test_bad_requests_get_clear_problems(
@@ -288,6 +373,8 @@ def test_bad_requests_get_clear_problems(
 ) -> None:
     response = client.request(method, path, json=payload)
     assert response.status_code == status
+    if status == 200:
+        return
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["status"] == status and message in body["detail"], body
