@@ -122,7 +122,10 @@ def test_a_cancelled_run_stays_resumable(large_path: Path, tmp_path: Path) -> No
         )
     )
     assert resumed.status == "succeeded"
-    assert resumed.steps_run == STEPS[2:]
+    # The cancel lands at the run's next await: under load the third step may finish (and
+    # be checkpointed) first. Either way no finished step runs again.
+    skipped = len(STEPS) - len(resumed.steps_run)
+    assert skipped in (2, 3) and resumed.steps_run == STEPS[skipped:]
     assert len(resumed.output["steps"]) == len(STEPS)
 
 
