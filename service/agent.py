@@ -5,8 +5,8 @@ The request names the focus area, model and filters in `custom_inputs`
 or in words in the last user message ("financial impact for Retail customers");
 unnamed, the four areas run with an executive summary. `predict_stream` emits each step as
 an output item as soon as it finishes, then the report; `predict` collects the stream.
-The runs checkpoint and trace like any other (`service.runs.run_focus`); the thread and
-trace ids are in `custom_outputs`.
+The runs checkpoint like any other (`service.runs.run_focus`) and are spans of the trace
+ResponsesAgent opens for the call; the thread and trace ids are in `custom_outputs`.
 
 This file is also the model-from-code that `service.deploy` logs: it ends with
 `mlflow.models.set_model(...)`.
@@ -15,6 +15,7 @@ This file is also the model-from-code that `service.deploy` logs: it ends with
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import threading
 import uuid
@@ -39,10 +40,15 @@ _DONE = object()
 class FinMatchAgent(ResponsesAgent):
     """The focus-area agents behind the Responses API."""
 
-    def __init__(self, warehouse: str = "", tracing: bool | None = None) -> None:
-        """Use `warehouse` (default: the configured one); trace runs unless told not to."""
+    def __init__(self, warehouse: str = "") -> None:
+        """Use `warehouse` (default: the configured one).
+
+        ResponsesAgent traces `predict` and `predict_stream` into the store the host
+        process set up (on Databricks, the endpoint's experiment); the run's steps,
+        queries and model calls become spans of that trace. The agent never points MLflow
+        elsewhere: it is a guest in the process that loaded it.
+        """
         self.warehouse = warehouse
-        self.tracing = tracing
 
     # ResponsesAgent narrows PythonModel's predict signatures; mypy sees the base's.
     def predict(self, request: ResponsesAgentRequest) -> ResponsesAgentResponse:  # type: ignore[override]
@@ -64,6 +70,7 @@ class FinMatchAgent(ResponsesAgent):
         thread_id = str(uuid.uuid4())
         events: queue.Queue[Any] = queue.Queue()
         outcome: dict[str, Any] = {}
+        traced = mlflow.get_current_active_span()
 
         def run() -> None:  # the graphs are async: run them on a loop of their own
             try:
@@ -74,7 +81,7 @@ class FinMatchAgent(ResponsesAgent):
                         thread_id=thread_id,
                         question=last_user_text(request)[:QUESTION_CHARS],
                         on_event=events.put,
-                        tracing=self.tracing,
+                        tracing=False,  # spans join this call's trace instead
                     )
                 )
             except BaseException as e:  # handed to the caller below
@@ -82,7 +89,13 @@ class FinMatchAgent(ResponsesAgent):
             finally:
                 events.put(_DONE)
 
-        worker = threading.Thread(target=run, name=f"finmatch-{thread_id}", daemon=True)
+        # The worker sees this call's MLflow span (a context variable): spans nest in it.
+        worker = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(run,),
+            name=f"finmatch-{thread_id}",
+            daemon=True,
+        )
         worker.start()
         while (event := events.get()) is not _DONE:
             if event.get("type") == "step_finish":
@@ -105,7 +118,7 @@ class FinMatchAgent(ResponsesAgent):
                 "focus_area": focus,
                 "filters": filters,
                 "thread_id": thread_id,
-                "trace_id": result.trace_id,
+                "trace_id": traced.trace_id if traced else "",
             },
         )
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -12,8 +10,8 @@ import pytest
 from mlflow.types.responses import ResponsesAgentRequest
 
 from graphs.resources import close_all
-from service.agent import FinMatchAgent, understand
-from service.runs import use_tracking
+from service.agent import FinMatchAgent
+from service.responses import understand
 
 
 def _request(text: str, **custom: object) -> ResponsesAgentRequest:
@@ -40,22 +38,6 @@ def test_requests_are_understood() -> None:
         understand(_request("x", filters={"date_from": "2025-02-01", "date_to": "2025-01-01"}))
 
 
-@pytest.fixture
-def trace_store(tmp_path: Path) -> Iterator[None]:
-    """ResponsesAgent traces predict itself: keep those traces out of the checkout.
-
-    set_tracking_uri also sets MLFLOW_TRACKING_URI for child processes; both are restored.
-    """
-    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    use_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield
-    mlflow.set_tracking_uri(previous)
-    if env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = env
-
-
 @pytest.mark.usefixtures("trace_store")
 def test_stream_then_predict(
     seeded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -63,7 +45,7 @@ def test_stream_then_predict(
     monkeypatch.setenv("FINMATCH_HOME", str(tmp_path))
     copy = tmp_path / "fpr.duckdb"  # the run pools its warehouse: keep it off the shared file
     shutil.copy(seeded_path, copy)
-    agent = FinMatchAgent(warehouse=f"duckdb:///{copy}", tracing=False)
+    agent = FinMatchAgent(warehouse=f"duckdb:///{copy}")
     request = _request("", focus_area="optimization-opportunities", filters={"segment": "Retail"})
     events = list(agent.predict_stream(request))
     assert all(e.type == "response.output_item.done" for e in events)
@@ -77,4 +59,12 @@ def test_stream_then_predict(
     response = agent.predict(request)
     assert len(response.output) == 7
     assert response.custom_outputs["filters"] == {"segment": "Retail"}
+    # The steps and their queries are spans of the trace ResponsesAgent opened.
+    mlflow.flush_trace_async_logging()
+    trace = mlflow.get_trace(response.custom_outputs["trace_id"])
+    names = [span.name for span in trace.data.spans]
+    assert names[0] == "predict"
+    assert names[1] == "predict_stream"
+    assert "Banking Optimization Data Preparation" in names
+    assert any(name.startswith("query:") for name in names)
     close_all()
