@@ -17,11 +17,11 @@ _open: dict[str, Warehouse] = {}
 
 def warehouse_for(url: str) -> Warehouse:
     """Return the open warehouse for `url` ('' means the configured default)."""
-    settings = WarehouseSettings()
-    key = url or settings.finmatch_warehouse
+    # Reading the settings costs milliseconds: only when they are needed.
+    key = url or WarehouseSettings().finmatch_warehouse
     with _lock:
         if key not in _open:
-            _open[key] = open_warehouse(key, settings)
+            _open[key] = open_warehouse(key, WarehouseSettings())
         return _open[key]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,29 @@ def builder_for(focus: str) -> Any:
 
     module = importlib.import_module(f"graphs.{focus.replace('-', '_')}")
     return module.builder
+
+
+_COMPILED: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
+COMPILED_KEPT = 16
+
+
+def compiled(focus: str, builder: Any, saver: BaseCheckpointSaver[Any]) -> Any:
+    """Return the graph of `focus` compiled on `saver`, compiling once per saver.
+
+    A compiled graph serves any number of concurrent runs (each has its own thread id);
+    compiling takes tens of milliseconds, which a service starting many runs on one
+    shared checkpointer need not pay each time. The last COMPILED_KEPT are kept.
+    """
+    key = (id(saver), focus)
+    entry = _COMPILED.get(key)
+    if entry is not None and entry[0] is saver:
+        _COMPILED.move_to_end(key)
+        return entry[1]
+    graph = builder.compile(checkpointer=saver, name=focus)
+    _COMPILED[key] = (saver, graph)
+    while len(_COMPILED) > COMPILED_KEPT:
+        _COMPILED.popitem(last=False)
+    return graph
 
 
 @asynccontextmanager
@@ -160,7 +184,7 @@ async def run_focus(
     async with contextlib.AsyncExitStack() as stack:
         if saver is None:
             saver = await stack.enter_async_context(open_checkpointer(checkpoints))
-        graph = builder.compile(checkpointer=saver, name=focus)
+        graph = compiled(focus, builder, saver)
         snapshot = await graph.aget_state(config)
         started = bool(snapshot.values) or bool(snapshot.next)
         if resume and not started:

@@ -53,6 +53,9 @@ class QueryResult:
     elapsed_ms: float
 
 
+RENDER_CACHE = 512  # rendered statements kept per warehouse
+
+
 class Warehouse(abc.ABC):
     """Read access to `fpr_records` in one backend."""
 
@@ -63,6 +66,7 @@ class Warehouse(abc.ABC):
         """Start with the table's column list unknown (it is read on first use)."""
         self._columns: list[str] | None = None
         self._lock = threading.Lock()
+        self._rendered: dict[str, str] = {}
 
     # -- backend hooks -------------------------------------------------------------
     @abc.abstractmethod
@@ -113,8 +117,23 @@ class Warehouse(abc.ABC):
         return live.subquery(alias)
 
     def render(self, query: str | exp.Expr) -> str:
-        """Return `query` pointed at the live table, in this backend's dialect."""
-        tree = sqlglot.parse_one(query, read=CANONICAL_DIALECT) if isinstance(query, str) else query
+        """Return `query` pointed at the live table, in this backend's dialect.
+
+        The live relation is fixed for the life of this object (its columns are read
+        once), so a query text always renders the same: the last RENDER_CACHE texts are
+        kept, sparing every run the parse and transpile of the catalog's statements.
+        """
+        if isinstance(query, str):
+            cached = self._rendered.get(query)
+            if cached is None:
+                cached = self._render(sqlglot.parse_one(query, read=CANONICAL_DIALECT))
+                if len(self._rendered) >= RENDER_CACHE:
+                    self._rendered.pop(next(iter(self._rendered)), None)
+                self._rendered[query] = cached
+            return cached
+        return self._render(query)
+
+    def _render(self, tree: exp.Expr) -> str:
         tree = tree.copy()
         ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
         for table in list(tree.find_all(exp.Table)):
