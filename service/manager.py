@@ -71,6 +71,7 @@ class RunManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._changed: dict[str, asyncio.Event] = {}
+        self._log: dict[str, list[Event]] = {}  # events of live runs, as appended
         self._pending: dict[str, list[asyncio.Future[Any]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._saver: Any = None
@@ -176,7 +177,7 @@ class RunManager:
         """
         while True:
             changed = self.changed(run_id)
-            events = await self.io(self.store.events, run_id, after)
+            events = await self.events_after(run_id, after)
             for event in events:
                 yield event
                 after = event.seq
@@ -188,6 +189,17 @@ class RunManager:
                 await asyncio.wait_for(changed.wait(), idle)
             except TimeoutError:
                 yield None
+
+    async def events_after(self, run_id: str, after: int) -> list[Event]:
+        """Return the run's events numbered above `after`.
+
+        A live run's events are kept in memory as they are appended, so any number of
+        followers read them without a query each; older ones come from the store.
+        """
+        log = self._log.get(run_id)
+        if log and log[0].seq <= after + 1:
+            return log[after + 1 - log[0].seq :]
+        return await self.io(self.store.events, run_id, after)
 
     # -- internals ---------------------------------------------------------------------
     async def _get(self, run_id: str) -> RunRecord:
@@ -205,8 +217,21 @@ class RunManager:
         """Append an event from synchronous code on the loop (the graphs' stream)."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._io_pool, self.store.append, run_id, type_, data)
-        future.add_done_callback(lambda _: self._notify(run_id))
+        future.add_done_callback(lambda f: self._appended(run_id, f))
         self._pending.setdefault(run_id, []).append(future)
+
+    def _appended(self, run_id: str, future: asyncio.Future[Event]) -> None:
+        """Keep a stored event in the live log (callbacks run in append order)."""
+        if not future.cancelled() and future.exception() is None:
+            event = future.result()
+            log = self._log.get(run_id)
+            if log and log[-1].seq == event.seq - 1:
+                log.append(event)
+            else:  # the first event here (or after a gap): earlier ones are in the store
+                self._log[run_id] = [event]
+            if event.type == "end":  # followers that still need it read the store
+                self._log.pop(run_id, None)
+        self._notify(run_id)
 
     async def _event(self, run_id: str, type_: str, data: dict[str, Any]) -> None:
         self._event_nowait(run_id, type_, data)

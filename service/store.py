@@ -218,8 +218,10 @@ class RunStore:
         return [_record(r) for r in rows]
 
     # -- events --------------------------------------------------------------------
-    def append(self, run_id: str, type_: str, data: dict[str, Any]) -> int:
-        """Append an event to a run's log; return its number."""
+    def append(self, run_id: str, type_: str, data: dict[str, Any]) -> Event:
+        """Append an event to a run's log; return it as `events` would read it back."""
+        text = json.dumps(data, default=str)
+        at = time.time()
         with self._lock:
             seq = self._seq.get(run_id)
             if seq is None:
@@ -230,10 +232,10 @@ class RunStore:
             seq += 1
             self._db.execute(
                 "INSERT INTO events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
-                (run_id, seq, type_, json.dumps(data, default=str), time.time()),
+                (run_id, seq, type_, text, at),
             )
             self._seq[run_id] = seq
-        return seq
+        return Event(seq, type_, json.loads(text), at)
 
     def events(self, run_id: str, after: int = 0, types: tuple[str, ...] = ()) -> list[Event]:
         """Return a run's events numbered above `after` (only `types` if given), in order."""
