@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tools.settings import current
+
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
@@ -84,7 +86,7 @@ class ModelError(RuntimeError):
 
 def available_models(settings: ModelSettings | None = None) -> list[ModelSpec]:
     """Return the models configured on this machine, `offline` first."""
-    settings = settings or ModelSettings()
+    settings = settings or current(ModelSettings)
     specs = [ModelSpec(OFFLINE, "offline", OFFLINE_LABEL)]
     for name, url in settings.databricks_endpoints().items():
         specs.append(ModelSpec(name, "databricks", f"Databricks serving endpoint {url or name}"))
@@ -100,7 +102,7 @@ def available_models(settings: ModelSettings | None = None) -> list[ModelSpec]:
 
 def check_model(name: str, settings: ModelSettings | None = None) -> str:
     """Return `name` if a run can use it, else raise UnknownModel naming the choices."""
-    settings = settings or ModelSettings()
+    settings = settings or current(ModelSettings)
     if name.startswith("import:"):
         return name
     if name.startswith("openai:") and settings.finmatch_openai_base_url:
@@ -123,7 +125,7 @@ def build_chat_model(
     name: str, ctx: Context, settings: ModelSettings | None = None
 ) -> BaseChatModel:
     """Build the chat model `name` with the run's timeout and retry settings."""
-    settings = settings or ModelSettings()
+    settings = settings or current(ModelSettings)
     check_model(name, settings)
     if name.startswith("import:"):
         module, _, attr = name.removeprefix("import:").partition(":")

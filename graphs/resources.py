@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from tools.settings import WarehouseSettings
+from tools.settings import WarehouseSettings, current
 from tools.warehouse import Warehouse, open_warehouse
 
 _lock = threading.Lock()
@@ -17,11 +17,10 @@ _open: dict[str, Warehouse] = {}
 
 def warehouse_for(url: str) -> Warehouse:
     """Return the open warehouse for `url` ('' means the configured default)."""
-    # Reading the settings costs milliseconds: only when they are needed.
-    key = url or WarehouseSettings().finmatch_warehouse
+    key = url or current(WarehouseSettings).finmatch_warehouse
     with _lock:
         if key not in _open:
-            _open[key] = open_warehouse(key, WarehouseSettings())
+            _open[key] = open_warehouse(key, current(WarehouseSettings))
         return _open[key]
 
 

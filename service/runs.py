@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
-from tools.settings import project_home
+from tools.settings import current, project_home
 
 ALL = "all"
 
@@ -130,7 +130,7 @@ def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    use_tracking(RunSettings().mlflow_tracking_uri)
+    use_tracking(current(RunSettings).mlflow_tracking_uri)
     try:
         with mlflow.start_span(name=name, span_type="AGENT") as root:
             mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})
@@ -178,7 +178,7 @@ async def run_focus(
     """
     builder = builder_for(focus)
     thread_id = thread_id or str(uuid.uuid4())
-    tracing = RunSettings().finmatch_tracing if tracing is None else tracing
+    tracing = current(RunSettings).finmatch_tracing if tracing is None else tracing
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
     result = RunResult(thread_id=thread_id, focus=focus, status="running")
     async with contextlib.AsyncExitStack() as stack:

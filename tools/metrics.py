@@ -252,8 +252,7 @@ def _correlation_sql() -> str:
     ]
     not_null = " AND ".join(f"{c} IS NOT NULL" for c in cols)
     return (
-        f"SELECT count(*) AS n, {', '.join(rs)} FROM fpr_records "
-        f"WHERE ({{where}}) AND {not_null}"
+        f"SELECT count(*) AS n, {', '.join(rs)} FROM fpr_records WHERE ({{where}}) AND {not_null}"
     )
 
 

@@ -9,9 +9,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+_READ: dict[tuple[type, tuple[tuple[str, str], ...], float], BaseSettings] = {}
+
+
+def current(cls: type[S]) -> S:
+    """Return `cls()`, read again only when the environment or `.env` has changed.
+
+    Reading settings parses the environment and `.env` (milliseconds); code that runs
+    per step or per run asks here instead of constructing them each time.
+    """
+    env_file = Path(".env")
+    mtime = env_file.stat().st_mtime if env_file.exists() else 0.0
+    key = (cls, tuple(sorted(os.environ.items())), mtime)
+    found = _READ.get(key)
+    if found is None:
+        if len(_READ) > 32:
+            _READ.clear()
+        found = _READ[key] = cls()
+    return found  # type: ignore[return-value]
 
 
 def project_home() -> Path:
