@@ -43,6 +43,7 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/agents.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache
