@@ -8,9 +8,10 @@ in place of a hosted LLM. Two measurements:
   Every run must end `succeeded` with all its steps and its report (none lost). Prints the
   wall time of the round, throughput, and p50/p99 run latency (post to `end` event).
   Target: 50 concurrent runs finish within 2x the time of one.
-- events: ten runs followed by F clients (F/10 per run); each event's latency is the time
-  from its being recorded (its `at`) to its arrival at the client, over the events that
-  happen while the client is connected. Target: p99 with 50 followers <= 1.25x with 10.
+- events: ten runs followed by F clients (F/10 per run), three rounds; each event's
+  latency is the time from its being recorded (its `at`) to its arrival at the client,
+  over the events that happen while the client is connected. Target: p99 with 50
+  followers <= 1.25x with 10.
 
     .venv/bin/python bench/service.py [--runs 1 10 50 200] [--followers 10 50] [--delay 1]
 """
@@ -161,16 +162,20 @@ async def runs_round(url: str, n: int, focus: str, steps: int) -> dict[str, floa
     }
 
 
-async def events_round(url: str, followers: int, focus: str, runs: int = 10) -> dict[str, float]:
-    """Ten runs, `followers` clients on their streams; the events' delivery latencies."""
+async def events_round(
+    url: str, followers: int, focus: str, rounds: int, runs: int = 10
+) -> dict[str, float]:
+    """Ten runs, `followers` clients on their streams, `rounds` times; event latencies."""
     limits = httpx.Limits(max_connections=followers + runs + 10)
+    arrived: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        ids = []
-        for _ in range(runs):
-            created = await client.post("/runs", json={"focus_area": focus, "model": MODEL})
-            ids.append(created.json()["id"])
-        arrived: list[float] = []
-        await asyncio.gather(*(events(client, ids[i % runs], arrived) for i in range(followers)))
+        for _ in range(rounds):
+            ids = []
+            for _ in range(runs):
+                created = await client.post("/runs", json={"focus_area": focus, "model": MODEL})
+                ids.append(created.json()["id"])
+            followed = (events(client, ids[i % runs], arrived) for i in range(followers))
+            await asyncio.gather(*followed)
     ms = [a * 1000 for a in arrived]
     return {
         "followers": followers,
@@ -185,6 +190,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, nargs="+", default=[1, 10, 50, 200])
     p.add_argument("--followers", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--event-rounds", type=int, default=3, help="rounds of ten followed runs")
     p.add_argument("--delay", type=float, default=1.0, help="model answer delay, seconds")
     p.add_argument("--workers", type=int, default=200, help="FINMATCH_MAX_CONCURRENT_RUNS")
     p.add_argument("--focus", default="optimization-opportunities")
@@ -225,7 +231,7 @@ def main() -> None:
             print(f"{'followers':>9} {'events':>7} {'p50 ms':>7} {'p99 ms':>7}")
             ev = []
             for f in args.followers:
-                r = asyncio.run(events_round(svc.url, f, args.focus))
+                r = asyncio.run(events_round(svc.url, f, args.focus, args.event_rounds))
                 ev.append(r)
                 print(f"{f:>9} {r['events']:>7} {r['p50']:>7.1f} {r['p99']:>7.1f}", flush=True)
             if len(ev) >= 2:

@@ -216,7 +216,9 @@ def report_node(area: FocusArea, index: int) -> Node:
     """Return the report step of `area`: build the Report and check its grounding."""
 
     async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
-        return build_report(area, dict(state), runtime.context)
+        # Composing and checking the report is CPU work (tens of ms): off the event loop,
+        # which a service shares with every other run and event stream.
+        return await asyncio.to_thread(build_report, area, dict(state), runtime.context)
 
     body.__name__ = snake(area.steps[index].name)
     body.__doc__ = f"{area.steps[index].description}."
