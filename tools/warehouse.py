@@ -67,6 +67,7 @@ class Warehouse(abc.ABC):
         self._columns: list[str] | None = None
         self._lock = threading.Lock()
         self._rendered: dict[str, str] = {}
+        self._rendered_lock = threading.Lock()
 
     # -- backend hooks -------------------------------------------------------------
     @abc.abstractmethod
@@ -127,9 +128,10 @@ class Warehouse(abc.ABC):
             cached = self._rendered.get(query)
             if cached is None:
                 cached = self._render(sqlglot.parse_one(query, read=CANONICAL_DIALECT))
-                if len(self._rendered) >= RENDER_CACHE:
-                    self._rendered.pop(next(iter(self._rendered)), None)
-                self._rendered[query] = cached
+                with self._rendered_lock:  # queries render on many threads at once
+                    if len(self._rendered) >= RENDER_CACHE:
+                        self._rendered.pop(next(iter(self._rendered)))
+                    self._rendered[query] = cached
             return cached
         return self._render(query)
 
