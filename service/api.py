@@ -275,11 +275,12 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = RunStore(store_path)
+        run_settings = RunSettings()
         manager = RunManager(
             store,
             warehouse=warehouse,
-            checkpoints=RunSettings().finmatch_checkpoints,
-            tracing=RunSettings().finmatch_tracing,
+            checkpoints=run_settings.finmatch_checkpoints,
+            tracing=run_settings.finmatch_tracing,
             max_concurrent=settings.finmatch_max_concurrent_runs,
             queue_limit=settings.finmatch_queue_limit,
         )
@@ -443,13 +444,19 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             check_model(body.model)
         except UnknownModel as e:
             raise _fail(422, str(e)) from e
-        await check_filters(request, body.filters)
-        filters = body.filters.model_dump(mode="json", exclude_none=True)
+        run = await queue_run(request, body.focus_area, body.model, body.filters, body.question)
+        return _view(run)
+
+    async def queue_run(
+        request: Request, focus: str, model: str, filters: RunFilters, question: str
+    ) -> RunRecord:
+        """Check the filter values against the data and queue the run (429 when full)."""
+        await check_filters(request, filters)
+        scope = filters.model_dump(mode="json", exclude_none=True)
         try:
-            run = await manager(request).submit(body.focus_area, body.model, filters, body.question)
+            return await manager(request).submit(focus, model, scope, question)
         except QueueFull as e:
             raise _fail(429, str(e)) from e
-        return _view(run)
 
     async def load_run(request: Request, run_id: str) -> tuple[RunRecord, list[StepView]]:
         m = manager(request)
@@ -687,14 +694,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             scope = RunFilters(**filters)
         except ValueError as e:
             raise _fail(422, str(e)) from e
-        await check_filters(request, scope)
-        question = last_user_text(body)[:QUESTION_CHARS]
-        try:
-            run = await manager(request).submit(
-                focus, model, scope.model_dump(mode="json", exclude_none=True), question
-            )
-        except QueueFull as e:
-            raise _fail(429, str(e)) from e
+        run = await queue_run(request, focus, model, scope, last_user_text(body)[:QUESTION_CHARS])
         trace_header = (x_mlflow_return_trace_id or "").lower() == "true"
         events = responses_of(request, run, trace_header)
         if body.stream:
