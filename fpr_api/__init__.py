@@ -1,0 +1,1 @@
+"""The synthetic FPR source API that the Fivetran connector reads (`finmatch source-api`)."""

@@ -1,0 +1,59 @@
+"""Where the source API listens, keeps its records and which key it takes.
+
+Without `FPR_API_KEY`, the API and `finmatch sync` share a key generated on first use and
+kept in `<home>/fpr_api.key` (readable by its owner only), so both work with nothing set.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tools.settings import project_home
+
+DEFAULT_PORT = 8100
+
+
+def key_file() -> Path:
+    """Return the file holding the locally generated key."""
+    return project_home() / "fpr_api.key"
+
+
+class SourceApiSettings(BaseSettings):
+    """The source API's address, key and records file."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    fpr_api_url: str = Field(
+        f"http://127.0.0.1:{DEFAULT_PORT}", description="Base URL of the FPR source API"
+    )
+    fpr_api_key: SecretStr | None = Field(None, description="Key sent in the x-api-key header")
+    fpr_api_db: str = Field(
+        "", description="The API's records file (default <home>/fpr_api.duckdb)"
+    )
+
+    def db_path(self) -> Path:
+        """Return the records file."""
+        return Path(self.fpr_api_db) if self.fpr_api_db else project_home() / "fpr_api.duckdb"
+
+    def key(self) -> str:
+        """Return `FPR_API_KEY`, else the local key file's key (made on first use)."""
+        if self.fpr_api_key and self.fpr_api_key.get_secret_value():
+            return self.fpr_api_key.get_secret_value()
+        path = key_file()
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(24)
+        # Created readable by the owner only, then filled: the key is never world-readable.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
