@@ -6,6 +6,9 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
+# The connector runs under the Fivetran SDK's tester in an environment of its own: the SDK
+# pins versions (cryptography, duckdb) that the project's environment cannot share.
+CONNECTOR_VENV := .venv-connector
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 # Compile bytecode at install: where PYTHONDONTWRITEBYTECODE is set, every command would
@@ -14,7 +17,7 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean connector-env sync source-api
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -23,6 +26,20 @@ $(UV):
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
+
+$(CONNECTOR_VENV)/.installed: connector/runner.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(CONNECTOR_VENV)
+	$(UV) pip sync --quiet --require-hashes --python $(CONNECTOR_VENV)/bin/python connector/runner.lock
+	touch $@
+
+connector-env: $(CONNECTOR_VENV)/.installed
+
+# Pull the source API's records into the embedded warehouse (start `make source-api` first).
+sync: $(VENV)/.installed $(CONNECTOR_VENV)/.installed
+	$(BIN)/finmatch sync
+
+source-api: $(VENV)/.installed
+	$(BIN)/finmatch source-api
 
 demo: $(VENV)/.installed
 	$(BIN)/finmatch seed --if-empty
@@ -33,17 +50,18 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(CONNECTOR_VENV)/.installed
 	$(BIN)/pytest
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(CONNECTOR_VENV)/.installed
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/agents.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/sync.py
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CONNECTOR_VENV) .tools .mypy_cache .pytest_cache .ruff_cache

@@ -455,6 +455,114 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_source_api(args: argparse.Namespace) -> int:
+    """Serve the synthetic FPR source API with uvicorn until interrupted."""
+    import duckdb
+    import uvicorn
+
+    from fpr_api.app import create_app
+    from fpr_api.settings import SourceApiSettings, key_file
+    from fpr_api.store import SourceStore
+
+    settings = SourceApiSettings()
+    path = Path(args.db) if args.db else settings.db_path()
+    existed = path.exists() and not args.reset
+    try:
+        store = SourceStore.open(path, records=args.records, seed=args.seed, reset=args.reset)
+    except duckdb.Error as e:
+        raise CliError(f"Cannot open the source API's records file {path}: {e}") from e
+    count = store.count() or 0
+    if existed and args.records != generator.DEFAULT_ROWS and count != args.records:
+        _err(f"note: serving the {count:,} records already in {path}; --reset regenerates them")
+    _err(
+        f"FPR source API on http://{args.host}:{args.port} serving {count:,} records from "
+        f"{path} (spec: /fpr_api_spec)"
+    )
+    if not (settings.fpr_api_key and settings.fpr_api_key.get_secret_value()):
+        _err(f"x-api-key: the local key in {key_file()} (set FPR_API_KEY to choose one)")
+    app = create_app(store, settings.key())
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_source_change(args: argparse.Namespace) -> int:
+    """Ask the running source API to update and add records."""
+    import httpx
+
+    from fpr_api.settings import SourceApiSettings
+
+    if not args.update and not args.add:
+        raise CliError("nothing to change: pass --update N and/or --add N", EXIT_USAGE)
+    settings = SourceApiSettings()
+    url = (args.url or settings.fpr_api_url).rstrip("/")
+    body = {"update": args.update, "add": args.add, "seed": args.seed}
+    try:
+        response = httpx.post(
+            f"{url}/admin/changes", json=body, headers={"x-api-key": settings.key()}, timeout=60
+        )
+    except httpx.HTTPError as e:
+        raise CliError(
+            f"Cannot reach the source API at {url} ({e}); start it with `finmatch source-api`."
+        ) from e
+    if response.status_code != 200:
+        raise CliError(f"The source API answered {response.status_code}: {response.text[:300]}")
+    done = response.json()
+    _out(
+        f"updated {done['updated']:,} and added {done['added']:,} records at {url} "
+        f"(last_updated_epoch {done['last_updated_epoch']}); the source holds "
+        f"{done['records']:,} records"
+    )
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Run the connector against the source API and apply what it fetched to the warehouse."""
+    from fpr_api.settings import SourceApiSettings
+    from tools.sync import SyncError, sync
+
+    target = _duckdb_target(args, "sync")
+    settings = SourceApiSettings()
+    configuration = {
+        "base_url": (args.url or settings.fpr_api_url).rstrip("/"),
+        "api_key": settings.key(),
+        "page_size": str(args.page_size),
+        "max_retries": str(args.max_retries),
+        "backoff_seconds": str(args.backoff),
+        "timeout_seconds": str(args.timeout),
+    }
+    on_line = None if args.quiet else _err
+    try:
+        result = sync(target, configuration, full=args.full, replace=args.replace, on_line=on_line)
+    except SyncError as e:
+        raise CliError(str(e)) from e
+    applied = result.applied
+    _out(
+        f"fetched {result.fetched:,} records in {result.pages:,} pages from "
+        f"{configuration['base_url']} in {result.connector_s:.1f} s"
+        + (
+            f"; {result.rejected:,} rejected (see {result.landing}, table fpr_rejected_records)"
+            if result.rejected
+            else ""
+        )
+    )
+    if applied.written:
+        how = (
+            "replaced with the synced records"
+            if applied.replaced
+            else (f"{applied.inserted:,} new, {applied.updated:,} updated")
+        )
+        _out(
+            f"fpr_records in {target}: {how}; {applied.rows:,} rows "
+            f"(customer snapshot rebuilt, {applied.elapsed_s:.1f} s)"
+        )
+    else:
+        _out(f"fpr_records in {target} is up to date ({applied.rows:,} rows); nothing written")
+    return 0
+
+
 def _date(text: str) -> datetime.date:
     try:
         return datetime.date.fromisoformat(text)
@@ -577,6 +685,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "source-api",
+        help="serve the synthetic FPR source API the connector reads",
+        description="Serve GET /fpr_data (cursor pages, x-api-key) over records made by the "
+        "same generator as `finmatch seed`, kept in FPR_API_DB (default .finmatch/fpr_api.duckdb).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    p.add_argument("--db", metavar="PATH", help="records file (default FPR_API_DB)")
+    p.add_argument(
+        "--records",
+        type=int,
+        default=generator.DEFAULT_ROWS,
+        help=f"records to generate when the file is new (default {generator.DEFAULT_ROWS})",
+    )
+    p.add_argument("--seed", type=int, default=generator.DEFAULT_SEED, help="generator seed")
+    p.add_argument("--reset", action="store_true", help="generate the records again")
+    p.set_defaults(func=cmd_source_api)
+
+    p = sub.add_parser(
+        "source-change",
+        help="update and add records at the running source API",
+        description="Give records at the source API a newer last_updated_epoch, so the next "
+        "sync has changes to fetch.",
+    )
+    p.add_argument("--update", type=int, default=0, metavar="N", help="existing records to update")
+    p.add_argument("--add", type=int, default=0, metavar="N", help="new records to add")
+    p.add_argument("--seed", type=int, help="make the choice and the drift repeatable")
+    p.add_argument("--url", help="the API's base URL (default FPR_API_URL)")
+    p.set_defaults(func=cmd_source_change)
+
+    p = sub.add_parser(
+        "sync",
+        parents=[common],
+        help="pull the source API into the warehouse with the Fivetran connector",
+        description="Run connector/connector.py with the Fivetran SDK's tester (fivetran "
+        "debug) against the source API, then apply the records it fetched to fpr_records. "
+        "Incremental: only records updated since the last sync are fetched.",
+    )
+    p.add_argument("--url", help="the API's base URL (default FPR_API_URL)")
+    p.add_argument("--page-size", type=int, default=100, help="records per page, 1-200 (100)")
+    p.add_argument("--max-retries", type=int, default=6, help="retries of a failing request (6)")
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry wait, seconds (1)")
+    p.add_argument("--timeout", type=float, default=30.0, help="request timeout, seconds (30)")
+    p.add_argument("--full", action="store_true", help="fetch every record again")
+    p.add_argument(
+        "--replace", action="store_true", help="replace a seeded or loaded fpr_records table"
+    )
+    p.add_argument("--quiet", action="store_true", help="do not show the connector's log")
+    p.set_defaults(func=cmd_sync)
     return parser
 
 

@@ -62,7 +62,8 @@ class WriteResult:
 
 
 @contextmanager
-def _writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the DuckDB file at `path` for writing; raise WarehouseBusy if it is in use."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(path))
@@ -79,7 +80,7 @@ def _writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyCo
         con.close()
 
 
-def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
+def swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
     """Build the staging table with `fill`, then replace `fpr_records` with it atomically."""
     con.execute(f"DROP TABLE IF EXISTS {STAGING}")
     try:
@@ -88,7 +89,7 @@ def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DROP TABLE IF EXISTS {TABLE}")
         con.execute(f"ALTER TABLE {STAGING} RENAME TO {TABLE}")
-        customers.refresh(con, _live_source(con))
+        customers.refresh(con, live_source(con))
         con.execute("COMMIT")
     except BaseException:
         # Whatever failed (a bad file, Ctrl-C mid-insert), the old table stays untouched.
@@ -102,7 +103,7 @@ def _swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
     return int(count[0]) if count else 0
 
 
-def _live_source(con: duckdb.DuckDBPyConnection) -> str:
+def live_source(con: duckdb.DuckDBPyConnection) -> str:
     """Return `fpr_records` as the queries see it: rows deleted at the source left out."""
     names = {r[0] for r in con.execute(f"SELECT * FROM {TABLE} LIMIT 0").description or []}
     if FIVETRAN_DELETED in names:
@@ -138,7 +139,7 @@ def seed_table(
     """Replace `fpr_records` in the DuckDB file at `path` with generated data."""
     select = generator.select_sql(rows, seed, relationships)
     started = time.perf_counter()
-    with _writer(path, progress=progress) as con:
+    with writer(path, progress=progress) as con:
         for statement in generator.setup_sql(rows, seed):
             con.execute(statement)
 
@@ -147,7 +148,7 @@ def seed_table(
             con.execute(f"INSERT INTO {STAGING} {select}")
             con.execute("DROP TABLE fm_ids")
 
-        count = _swap_in(con, fill)
+        count = swap_in(con, fill)
     return WriteResult(path, count, time.perf_counter() - started)
 
 
@@ -236,7 +237,7 @@ def load_file(path: Path, source: Path, *, progress: bool = False) -> WriteResul
         raise LoadError(source, [f"no such file: {source}"])
     reader = _reader_sql(source)
     started = time.perf_counter()
-    with _writer(path, progress=progress) as con:
+    with writer(path, progress=progress) as con:
         try:
             con.execute(
                 "CREATE TEMP TABLE fm_raw AS "
@@ -261,5 +262,5 @@ def load_file(path: Path, source: Path, *, progress: bool = False) -> WriteResul
             names = ", ".join([*COLUMN_NAMES, *system])
             con.execute(f"INSERT INTO {STAGING} ({names}) SELECT {', '.join(casts)} FROM fm_raw")
 
-        count = _swap_in(con, fill)
+        count = swap_in(con, fill)
     return WriteResult(path, count, time.perf_counter() - started)

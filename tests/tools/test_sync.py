@@ -1,0 +1,347 @@
+"""`finmatch sync` end to end: the real source API on 127.0.0.1, the connector run by the
+Fivetran SDK's own tester (`fivetran debug`, in the connector environment), and the
+embedded warehouse it applies to."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from tests.fpr_api.server import KEY, SourceApi, all_records, start_api
+from tools.customers import CUSTOMERS
+from tools.ingest import seed_table
+from tools.schema import COLUMNS, FIVETRAN_DELETED, FIVETRAN_SYNCED
+from tools.sync import SyncError, SyncResult, read_state, runner_env, sync
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _connector_env() -> None:
+    fivetran = runner_env() / "bin" / "fivetran"
+    assert fivetran.exists(), f"{fivetran} is missing: run `make connector-env` first"
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[SourceApi]:
+    source = start_api(tmp_path / "source.duckdb")
+    yield source
+    source.stop()
+
+
+class Syncer:
+    """Runs syncs of one workspace into one warehouse, keeping the connector's log."""
+
+    def __init__(self, tmp: Path, api: SourceApi) -> None:
+        self.api = api
+        self.folder = tmp / "workspace"
+        self.warehouse = tmp / "fpr.duckdb"
+        self.log: list[str] = []
+
+    def config(self, **overrides: str) -> dict[str, str]:
+        return {
+            "base_url": self.api.url,
+            "api_key": KEY,
+            "page_size": "100",
+            "max_retries": "3",
+            "backoff_seconds": "0.1",
+            "timeout_seconds": "5",
+            **overrides,
+        }
+
+    def __call__(self, *, full: bool = False, replace: bool = False, **overrides: str) -> Any:
+        self.log = []
+        return sync(
+            self.warehouse,
+            self.config(**overrides),
+            full=full,
+            replace=replace,
+            folder=self.folder,
+            on_line=self.log.append,
+        )
+
+    def served(self) -> int:
+        return int(self.api.admin("GET", "/admin/stats")["records_served"])
+
+
+@pytest.fixture
+def syncer(tmp_path: Path, api: SourceApi) -> Syncer:
+    return Syncer(tmp_path, api)
+
+
+def read(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    copy = path.with_name(f"read-{time.monotonic_ns()}.duckdb")
+    shutil.copyfile(path, copy)
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+        copy.unlink()
+
+
+def warehouse_records(path: Path) -> dict[str, dict[str, Any]]:
+    cols = ", ".join(
+        f"strftime({c.name}, '%Y-%m-%d')" if c.type == "date" else c.name for c in COLUMNS
+    )
+    names = [c.name for c in COLUMNS]
+    rows = read(path, f"SELECT {cols} FROM fpr_records")
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    by_id = {r["record_id"]: r for r in records}
+    assert len(by_id) == len(records), "duplicated record_id in the warehouse"
+    return by_id
+
+
+def assert_mirrors_source(syncer: Syncer) -> None:
+    source = {r["record_id"]: r for r in all_records(syncer.api.store)}
+    assert warehouse_records(syncer.warehouse) == source
+    flags = read(
+        syncer.warehouse,
+        f"SELECT count(*) FILTER (WHERE {FIVETRAN_SYNCED} IS NULL), "
+        f"count(*) FILTER (WHERE {FIVETRAN_DELETED}) FROM fpr_records",
+    )
+    assert flags == [(0, 0)]
+    # The customer snapshot was rebuilt with the records.
+    snapshot = read(
+        syncer.warehouse,
+        f"SELECT (SELECT count(*) FROM {CUSTOMERS}), "
+        "(SELECT count(DISTINCT customer_id) FROM fpr_records), "
+        "(SELECT records FROM fpr_customers_source), (SELECT count(*) FROM fpr_records)",
+    )
+    customers, distinct, fingerprint, rows = snapshot[0]
+    assert customers == distinct and fingerprint == rows
+
+
+def test_full_sync_lands_the_source_exactly_and_a_second_writes_nothing(
+    syncer: Syncer,
+) -> None:
+    first: SyncResult = syncer()
+    assert (first.fetched, first.pages, first.rejected) == (750, 8, 0)
+    assert first.applied.replaced and first.applied.rows == 750
+    assert_mirrors_source(syncer)
+    assert any("750 records in 8 pages" in line for line in syncer.log)
+    assert read_state(syncer.folder)["cursor"]
+    before = syncer.warehouse.read_bytes()
+    served = syncer.served()
+
+    second = syncer()
+    assert (second.fetched, second.pages, second.applied.written) == (0, 1, 0)
+    assert syncer.served() == served  # the API was asked once and had nothing newer
+    assert syncer.warehouse.read_bytes() == before  # the warehouse file was not written
+
+
+def test_incremental_sync_lands_exactly_the_changes(syncer: Syncer) -> None:
+    syncer()
+    synced_before = dict(
+        read(syncer.warehouse, f"SELECT record_id, {FIVETRAN_SYNCED} FROM fpr_records")
+    )
+    syncer.api.admin("POST", "/admin/changes", json={"update": 20, "add": 7, "seed": 11})
+    served = syncer.served()
+
+    result = syncer()
+    assert (result.fetched, result.applied.inserted, result.applied.updated) == (27, 7, 20)
+    assert syncer.served() - served == 27  # only the changed records were fetched
+    assert_mirrors_source(syncer)
+    synced_after = dict(
+        read(syncer.warehouse, f"SELECT record_id, {FIVETRAN_SYNCED} FROM fpr_records")
+    )
+    touched = {rid for rid, at in synced_after.items() if synced_before.get(rid) != at}
+    assert len(touched) == 27  # nothing else was rewritten
+
+    again = syncer(full=True)  # --full fetches everything again
+    assert again.fetched == 757 and again.applied.updated == 757
+    assert_mirrors_source(syncer)
+
+
+def test_a_killed_sync_resumes_from_its_checkpoint(syncer: Syncer, tmp_path: Path) -> None:
+    # Three pages answer, then the API hangs: the sync is killed while it waits.
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"after": 3, "faults": [{"kind": "delay", "seconds": 120}]}
+    )
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
+        "FPR_API_KEY": KEY,
+    }
+    command = [sys.executable, "-m", "service.cli", "sync", "--url", syncer.api.url]
+    proc = subprocess.Popen(
+        [*command, "--timeout", "300"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    folder = tmp_path / "home" / "connector"
+    deadline = time.monotonic() + 120
+    while read_state(folder).get("last_sync", {}).get("pages") != 3:
+        assert proc.poll() is None, "the sync ended before it was killed"
+        assert time.monotonic() < deadline, "the sync did not reach its third checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and the SDK's tester with it
+    proc.wait(timeout=30)
+    assert not syncer.warehouse.exists()  # killed before anything was applied
+    syncer.api.admin("DELETE", "/admin/faults")
+    served = syncer.served()
+
+    syncer.folder = folder
+    resumed = syncer()
+    assert resumed.fetched == 450  # the five pages after the third checkpoint
+    assert syncer.served() - served == 450
+    assert_mirrors_source(syncer)
+
+
+def test_429_5xx_and_timeouts_are_retried_until_the_sync_succeeds(syncer: Syncer) -> None:
+    faults = [
+        {"kind": "status", "status": 429, "retry_after": 1},
+        {"kind": "status", "status": 500},
+        {"kind": "delay", "seconds": 3},
+        {"kind": "status", "status": 503},
+        {"kind": "status", "status": 502},
+    ]
+    syncer.api.admin("POST", "/admin/faults", json={"after": 2, "faults": faults})
+    started = time.monotonic()
+    result = syncer(timeout_seconds="1", max_retries="5")  # all five hit one page
+    assert result.fetched == 750
+    assert time.monotonic() - started >= 1.0  # the Retry-After was waited out
+    assert_mirrors_source(syncer)
+    retries = [line for line in syncer.log if "retry " in line]
+    assert len(retries) == 5
+    for seen in ("answer 429", "answer 500", "Read timed out", "answer 503", "answer 502"):
+        assert any(seen in line for line in retries), seen
+    stats = syncer.api.admin("GET", "/admin/stats")
+    assert stats["faults_pending"] == 0
+    assert {k: stats["statuses"][k] for k in ("429", "500", "502", "503")} == dict.fromkeys(
+        ("429", "500", "502", "503"), 1
+    )
+
+
+def test_a_spent_retry_budget_fails_clearly_and_keeps_what_was_checkpointed(
+    syncer: Syncer,
+) -> None:
+    five_503 = [{"kind": "status", "status": 503}] * 5
+    syncer.api.admin("POST", "/admin/faults", json={"after": 2, "faults": five_503})
+    with pytest.raises(SyncError) as failed:
+        syncer(max_retries="2")
+    message = str(failed.value)
+    assert "kept failing (too many 503 error responses); gave up after 2 retries" in message
+    assert "the next sync resumes" in message.lower()
+    assert "200 records of the pages checkpointed before the failure were applied" in message
+    assert len(warehouse_records(syncer.warehouse)) == 200
+    syncer.api.admin("DELETE", "/admin/faults")
+
+    rest = syncer()
+    assert rest.fetched == 550
+    assert_mirrors_source(syncer)
+
+
+def test_bad_keys_pages_and_settings_fail_with_clear_messages(syncer: Syncer) -> None:
+    with pytest.raises(SyncError, match=r"refused the key \(401: The x-api-key header"):
+        syncer(api_key="wrong")
+    syncer.api.admin("POST", "/admin/faults", json={"faults": [{"kind": "malformed"}]})
+    with pytest.raises(SyncError, match="did not return JSON .* Nothing of this page was loaded"):
+        syncer()
+    with pytest.raises(SyncError, match="'page_size' must be a number from 1 to 200; got '500'"):
+        syncer(page_size="500")
+    with pytest.raises(SyncError, match="'base_url' must be the API's http"):
+        syncer(base_url="127.0.0.1:8100")
+    with pytest.raises(SyncError, match=r"failed \(.*Connection refused.*gave up after 0 retries"):
+        syncer(base_url="http://127.0.0.1:9", max_retries="0")
+    assert not syncer.warehouse.exists()  # nothing was fetched, nothing was written
+
+
+def test_records_that_break_the_contract_are_counted_and_kept_aside(syncer: Syncer) -> None:
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 4}]}
+    )
+    result = syncer()
+    assert (result.fetched, result.rejected) == (746, 4)
+    assert len(warehouse_records(syncer.warehouse)) == 746
+    assert sum("rejected record" in line for line in syncer.log) == 4
+    rejected = read(
+        syncer.folder / "files" / "warehouse.db",
+        "SELECT problems FROM tester.fpr_rejected_records ORDER BY problems",
+    )
+    problems = " | ".join(p for (p,) in rejected)
+    for reason in (
+        "customer_segment is missing",
+        "account_balance is not a number: 'a lot'",
+        "product_recommendation_date is not a YYYY-MM-DD date: '31/02/2024'",
+        "record_id is empty",
+    ):
+        assert reason in problems
+    assert read_state(syncer.folder)["rejected_total"] == 4
+
+
+def test_a_seeded_table_is_replaced_only_when_asked(syncer: Syncer) -> None:
+    seed_table(syncer.warehouse, rows=100, seed=9)
+    with pytest.raises(SyncError, match="filled by `finmatch seed` or `load`.*--replace"):
+        syncer()
+    assert len(warehouse_records(syncer.warehouse)) == 100  # untouched
+    result = syncer(replace=True)
+    assert result.applied.replaced and result.applied.rows == 750
+    assert_mirrors_source(syncer)
+
+
+def test_the_sync_command_reports_what_it_did(syncer: Syncer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
+        "FPR_API_KEY": KEY,
+        "FPR_API_URL": syncer.api.url,
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "sync", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    first = run("--page-size", "200")
+    assert first.returncode == 0, first.stderr
+    assert "fetched 750 records in 4 pages" in first.stdout
+    assert "replaced with the synced records; 750 rows" in first.stdout
+    assert "SYNC SUCCEEDED" in first.stderr  # the SDK tester's own log, shown as it runs
+    second = run("--quiet")
+    assert second.returncode == 0 and second.stderr == ""
+    assert "up to date (750 rows); nothing written" in second.stdout
+    env["FPR_API_KEY"] = "wrong"
+    refused = run("--quiet")
+    assert refused.returncode == 1
+    assert "error: The connector failed: The source API refused the key" in refused.stderr
+
+
+def test_the_connector_declares_the_warehouse_schema() -> None:
+    python = runner_env() / "bin" / "python"
+    script = "import json, connector; print(json.dumps(connector.schema({})))"
+    out = subprocess.run(
+        [str(python), "-c", script],
+        cwd=ROOT / "connector",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    tables = {t["table"]: t for t in json.loads(out)}
+    records = tables["fpr_records"]
+    assert records["primary_key"] == ["record_id"]
+    sdk_type = {"string": "STRING", "date": "NAIVE_DATE", "double": "DOUBLE", "bigint": "LONG"}
+    assert records["columns"] == {c.name: sdk_type[c.type] for c in COLUMNS}
+    assert tables["fpr_rejected_records"]["primary_key"] == ["rejection_id"]
