@@ -90,6 +90,7 @@ DEFAULTS = {
     "max_retry_after_seconds": "120",
 }
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+INT64 = (-(2**63), 2**63 - 1)
 LOGGED_REJECTIONS = 20  # rejections logged one by one per sync; the rest are counted
 PROGRESS_EVERY_S = 10.0
 
@@ -205,6 +206,26 @@ def _detail(response: requests.Response) -> str:
         return response.text[:300]
 
 
+def _get(
+    session: requests.Session, settings: Settings, url: str, params: dict[str, Any]
+) -> requests.Response:
+    """GET with the session's retries, also retrying a body cut off mid-read.
+
+    urllib3 retries up to the response headers; a connection that drops while the body
+    is read surfaces here instead, and is retried from the same budget.
+    """
+    for attempt in range(settings.max_retries + 1):
+        try:
+            return session.get(url, params=params, timeout=settings.timeout_seconds)
+        except requests.exceptions.ChunkedEncodingError as e:
+            if attempt == settings.max_retries:
+                raise
+            wait = min(60.0, settings.backoff_seconds * 2**attempt)
+            log.warning(f"GET {url} lost the body mid-read ({e}); retrying in {wait:g} s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def fetch_page(session: requests.Session, settings: Settings, cursor: str | None) -> dict[str, Any]:
     """Return one page after `cursor`; raise RuntimeError saying what went wrong."""
     url = f"{settings.base_url}/fpr_data"
@@ -213,7 +234,7 @@ def fetch_page(session: requests.Session, settings: Settings, cursor: str | None
         params["cursor"] = cursor
     where = f"the page after cursor {cursor!r}" if cursor else "the first page"
     try:
-        response = session.get(url, params=params, timeout=settings.timeout_seconds)
+        response = _get(session, settings, url, params)
     except requests.exceptions.RetryError as e:
         raise RuntimeError(
             f"GET {url} for {where} kept failing ({_reason(e)}); gave up after "
@@ -229,6 +250,12 @@ def fetch_page(session: requests.Session, settings: Settings, cursor: str | None
         raise RuntimeError(
             f"The source API refused the key ({response.status_code}: {_detail(response)}). "
             "Set configuration 'api_key' to the API's key (FPR_API_KEY for `finmatch sync`)."
+        )
+    if response.status_code == 400 and cursor:
+        raise RuntimeError(
+            f"GET {url} refused the saved cursor (400: {_detail(response)}). The source's "
+            "records were replaced since the last sync: re-sync from the start "
+            "(`finmatch sync --full`; in Fivetran, a historical re-sync)."
         )
     if response.status_code != 200:
         raise RuntimeError(
@@ -264,15 +291,19 @@ def _problem(name: str, value: Any) -> str | None:
         if name == "record_id" and not value.strip():
             return "record_id is empty"
     elif kind == "DOUBLE":
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not isinstance(value, int | float) or not math.isfinite(number):
+            return f"{name} is not a number: {value!r:.60}"
+    elif kind == "LONG":
         if (
             isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or not isinstance(value, int)
+            or not INT64[0] <= value <= INT64[1]
         ):
-            return f"{name} is not a number: {value!r}"
-    elif kind == "LONG":
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"{name} is not a whole number: {value!r}"
+            return f"{name} is not a whole number in the 64-bit range: {value!r:.60}"
     elif kind == "NAIVE_DATE":
         try:
             if not isinstance(value, str) or len(value) != 10:

@@ -12,7 +12,7 @@ out. Beside it:
   JSON, records that break the contract), to rehearse a connector's error handling.
 - `GET /admin/stats`: requests and records served, faults still queued.
 
-Every route but `/health` needs the key.
+Every route but `/health` and the spec needs the key.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import hmac
 import json
 import threading
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException
 
@@ -65,10 +66,11 @@ class FprPage(BaseModel):
 class Fault(BaseModel):
     """One misbehaviour of the next `/fpr_data` request."""
 
-    kind: Literal["status", "delay", "malformed", "invalid_records"] = Field(
+    kind: Literal["status", "delay", "malformed", "cut", "invalid_records"] = Field(
         description="status: answer `status` (with `Retry-After` when given); delay: wait "
         "`seconds` before answering normally; malformed: answer 200 with a body that is not "
-        "JSON; invalid_records: break the contract in `count` records of the page"
+        "JSON; cut: drop the connection halfway through the body; invalid_records: break "
+        "the contract in `count` records of the page"
     )
     status: int = Field(503, ge=400, le=599, description="HTTP status of a `status` fault")
     retry_after: int | None = Field(None, ge=0, description="Retry-After seconds to send")
@@ -80,7 +82,7 @@ class FaultPlan(BaseModel):
     """Faults to apply, in order, to the `/fpr_data` requests after the next `after`."""
 
     faults: list[Fault] = Field(min_length=1, max_length=1000)
-    after: int = Field(0, ge=0, description="Requests to answer normally first")
+    after: int = Field(0, ge=0, le=100_000, description="Requests to answer normally first")
 
 
 class ChangeRequest(BaseModel):
@@ -138,6 +140,12 @@ class Faults:
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _cut(text: str) -> AsyncIterator[str]:
+    """Send half of `text`, then drop the connection (the server aborts the response)."""
+    yield text[: len(text) // 2]
+    raise ConnectionAbortedError("injected fault: connection dropped mid-body")
 
 
 def _break(records: list[dict[str, Any]], count: int) -> None:
@@ -220,22 +228,23 @@ def create_app(store: SourceStore, api_key: str) -> FastAPI:
         fault = faults.next()
         if fault and fault.kind == "status":
             faults.served(fault.status)
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else None
+            headers = (
+                {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            )
             return _problem(fault.status, f"injected fault: {fault.status}", headers)
         if fault and fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
         try:
             page = await run_in_threadpool(store.page, cursor, page_size)
-        except CursorError:
+        except CursorError as e:
             faults.served(400)
-            return _problem(
-                400,
-                f"cursor {cursor!r} is not one this API issued: pass the next_cursor of an "
-                "earlier page, or leave cursor out to start from the first record",
-            )
+            return _problem(400, str(e))
         faults.served(200, len(page.records))
         if fault and fault.kind == "malformed":
             return Response('{"records": [{"record_id": "trunc', media_type="application/json")
+        if fault and fault.kind == "cut":
+            text = json.dumps({"records": page.records})
+            return StreamingResponse(_cut(text), media_type="application/json")
         if fault and fault.kind == "invalid_records":
             _break(page.records, fault.count)
         body = {"records": page.records, "next_cursor": page.next_cursor, "has_more": page.has_more}

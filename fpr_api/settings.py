@@ -45,15 +45,22 @@ class SourceApiSettings(BaseSettings):
         if self.fpr_api_key and self.fpr_api_key.get_secret_value():
             return self.fpr_api_key.get_secret_value()
         path = key_file()
-        if path.exists():
-            return path.read_text().strip()
+        if path.exists() and (found := path.read_text().strip()):
+            return found
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(24)
-        # Created readable by the owner only, then filled: the key is never world-readable.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_text().strip()
+        # Written whole to a private temporary file, then linked into place: another process
+        # sees either no key file or the complete key, and it is never world-readable.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
+        try:
+            if path.exists():  # an empty file left by a crash
+                path.unlink()
+            os.link(temp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            key = path.read_text().strip()
+        finally:
+            temp.unlink()
         return key

@@ -35,32 +35,44 @@ ROW_GROUP_SIZE = 16_384
 
 
 class CursorError(ValueError):
-    """A cursor this API did not issue."""
+    """A cursor this store cannot continue from; the message says why."""
 
 
 @dataclass(frozen=True)
 class Position:
-    """Where a page starts: after the record with this epoch and id."""
+    """Where a page starts: after the record with this epoch and id, in this dataset.
 
+    The dataset is a random number drawn when the records were generated, so a cursor
+    kept from before a regeneration is refused instead of silently skipping records.
+    """
+
+    dataset: int
     epoch: int
     record_id: str
 
     def encode(self) -> str:
         """Return the opaque cursor text for this position."""
-        raw = json.dumps([self.epoch, self.record_id], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = json.dumps([self.dataset, self.epoch, self.record_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, cursor: str) -> Position:
         """Return the position a cursor names; raise CursorError if it is not one of ours."""
+        refused = CursorError(
+            f"cursor {cursor!r} is not one this API issued: pass the next_cursor of an "
+            "earlier page, or leave cursor out to start from the first record"
+        )
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-            epoch, record_id = json.loads(raw)
+            dataset, epoch, record_id = json.loads(raw)
         except (binascii.Error, ValueError, TypeError) as e:
-            raise CursorError(cursor) from e
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(record_id, str):
-            raise CursorError(cursor)
-        return cls(epoch, record_id)
+            raise refused from e
+        numbers = (dataset, epoch)
+        if any(not isinstance(n, int) or isinstance(n, bool) for n in numbers):
+            raise refused
+        if not isinstance(record_id, str):
+            raise refused
+        return cls(dataset, epoch, record_id)
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,7 @@ class SourceStore:
         self._db.execute(f"ATTACH {literal} AS source (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         self._con = self._cursor()
         self._write = threading.Lock()
+        self.dataset = 0
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         """Return a connection of its own (one per thread) to the store's database."""
@@ -134,6 +147,8 @@ class SourceStore:
         store = cls(path)
         if store.count() is None:
             store._fill(records, seed)
+        row = store._con.execute("SELECT value FROM source_meta WHERE key = 'dataset'").fetchone()
+        store.dataset = int(row[0]) if row else 0
         return store
 
     def _fill(self, records: int, seed: int) -> None:
@@ -146,7 +161,10 @@ class SourceStore:
             # Stored in serving order, so the epoch zone maps let a cursor skip what is behind it.
             con.execute(f"INSERT INTO {TABLE} SELECT * FROM ({select}) ORDER BY {_ORDER}")
             con.execute("CREATE TABLE source_meta (key VARCHAR PRIMARY KEY, value BIGINT)")
-            con.execute("INSERT INTO source_meta VALUES ('seed', ?), ('changes', 0)", [seed])
+            con.execute(
+                "INSERT INTO source_meta VALUES ('seed', ?), ('changes', 0), ('dataset', ?)",
+                [seed, random.SystemRandom().randrange(2**48)],
+            )
         con.execute("CHECKPOINT")
 
     def close(self) -> None:
@@ -171,6 +189,11 @@ class SourceStore:
         where, params = "TRUE", []
         if cursor:
             at = Position.decode(cursor)
+            if at.dataset != self.dataset:
+                raise CursorError(
+                    f"cursor {cursor!r} belongs to records this API has since generated anew: "
+                    "leave cursor out to start again from the first record (a full re-sync)"
+                )
             # The first condition is redundant but lets DuckDB skip row groups by zone map.
             where = (
                 "last_updated_epoch >= ? AND "
@@ -188,7 +211,7 @@ class SourceStore:
         if records:
             last = records[-1]
             next_cursor: str | None = Position(
-                int(last["last_updated_epoch"]), str(last["record_id"])
+                self.dataset, int(last["last_updated_epoch"]), str(last["record_id"])
             ).encode()
         else:
             next_cursor = cursor

@@ -730,7 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int, default=6, help="retries of a failing request (6)")
     p.add_argument("--backoff", type=float, default=1.0, help="first retry wait, seconds (1)")
     p.add_argument("--timeout", type=float, default=30.0, help="request timeout, seconds (30)")
-    p.add_argument("--full", action="store_true", help="fetch every record again")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="fetch every record again and make fpr_records exactly the source's",
+    )
     p.add_argument(
         "--replace", action="store_true", help="replace a seeded or loaded fpr_records table"
     )

@@ -30,6 +30,9 @@ from tools.schema import (
 )
 
 STAGING = f"{TABLE}__staging"
+# Present while `fpr_records` is what `finmatch sync` made it (tools.sync); seed and load
+# drop it, so a sync never merges into a table it did not fill.
+SYNC_MARKER = "fpr_sync"
 # How many example values and duplicate ids a load error shows per problem.
 _EXAMPLES = 3
 
@@ -80,8 +83,17 @@ def writer(path: Path, *, progress: bool = False) -> Iterator[duckdb.DuckDBPyCon
         con.close()
 
 
-def swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
-    """Build the staging table with `fill`, then replace `fpr_records` with it atomically."""
+def swap_in(
+    con: duckdb.DuckDBPyConnection,
+    fill: Callable[[], None],
+    *,
+    synced: Callable[[], None] | None = None,
+) -> int:
+    """Build the staging table with `fill`, then replace `fpr_records` with it atomically.
+
+    The table is no longer a sync's unless `synced` (run inside the same transaction)
+    marks it so.
+    """
     con.execute(f"DROP TABLE IF EXISTS {STAGING}")
     try:
         fill()
@@ -90,6 +102,9 @@ def swap_in(con: duckdb.DuckDBPyConnection, fill: Callable[[], None]) -> int:
         con.execute(f"DROP TABLE IF EXISTS {TABLE}")
         con.execute(f"ALTER TABLE {STAGING} RENAME TO {TABLE}")
         customers.refresh(con, live_source(con))
+        con.execute(f"DROP TABLE IF EXISTS {SYNC_MARKER}")
+        if synced:
+            synced()
         con.execute("COMMIT")
     except BaseException:
         # Whatever failed (a bad file, Ctrl-C mid-insert), the old table stays untouched.

@@ -9,8 +9,9 @@ Two stages, each safe to stop at any point:
    a sync stopped midway resumes after the last page it finished.
 2. **Apply.** The landed rows the warehouse does not hold yet (matched on `record_id`
    and `_fivetran_synced`) replace their older versions in `fpr_records` in one
-   transaction, which also rebuilds the customer snapshot. Applying twice changes
-   nothing; a sync that fetched nothing writes nothing.
+   transaction, which also rebuilds the customer snapshot and marks the table as a
+   sync's (`fpr_sync`). Applying twice changes nothing; a sync that fetched nothing does
+   not open the warehouse for writing.
 
 The workspace (`<home>/connector/`) holds a copy of the connector, its configuration (with
 the key; readable by its owner only), the landing file and the state.
@@ -23,7 +24,9 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,7 +37,15 @@ from typing import Any
 import duckdb
 
 from tools import customers
-from tools.ingest import STAGING, live_source, swap_in, table_rows, writer
+from tools.ingest import (
+    STAGING,
+    SYNC_MARKER,
+    WarehouseBusy,
+    live_source,
+    swap_in,
+    table_rows,
+    writer,
+)
 from tools.schema import (
     COLUMN_NAMES,
     FIVETRAN_DELETED,
@@ -98,16 +109,18 @@ def workspace() -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
+def _exclusive(folder: Path) -> Iterator[int]:
+    """Hold the workspace's lock; yield its descriptor (the tester inherits it)."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "sync.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SyncError(
-                f"Another `finmatch sync` is running on {folder}; wait for it to finish."
+                f"Another `finmatch sync` (or a tester it started) is running on {folder}; "
+                "wait for it to finish."
             ) from None
-        yield
+        yield lock.fileno()
 
 
 def _prepare(folder: Path, configuration: dict[str, str]) -> Path:
@@ -151,16 +164,34 @@ def _failure(reported: str | None, lines: deque[str]) -> str:
     return "\n".join(list(lines)[-10:])
 
 
+def _terminate_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into SystemExit (so the tester is stopped too); return the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return undo
+
+
 def run_connector(
     folder: Path,
     configuration: dict[str, str],
     *,
-    full: bool = False,
+    lock_fd: int | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> float:
     """Run the connector with `fivetran debug` in `folder`; return its wall time in seconds.
 
-    Raise SyncError with the connector's message when the sync fails.
+    Raise SyncError with the connector's message when the sync fails. The tester inherits
+    `lock_fd`, so the workspace stays locked for as long as it runs, even if this process
+    is killed.
     """
     env_dir = runner_env()
     fivetran = env_dir / "bin" / "fivetran"
@@ -171,8 +202,6 @@ def run_connector(
             "connector/runner.lock), or point FINMATCH_CONNECTOR_ENV at one."
         )
     config_path = _prepare(folder, configuration)
-    if full:
-        (folder / "files" / "state.json").unlink(missing_ok=True)
     env = {
         **os.environ,
         # The tester shells out to tools of its environment (pipreqs); ours comes first.
@@ -198,7 +227,9 @@ def run_connector(
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
+        pass_fds=() if lock_fd is None else (lock_fd,),
     )
+    stop = _terminate_on_sigterm()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -218,6 +249,8 @@ def run_connector(
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+    finally:
+        stop()
     if code != 0:
         raise SyncError(
             f"The connector failed: {_failure(reported, tail)}\n"
@@ -251,15 +284,13 @@ def _landed_rows(landing: Path) -> int:
         con.close()
 
 
-def _columns(con: duckdb.DuckDBPyConnection) -> set[str] | None:
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     row = con.execute(
         "SELECT count(*) FROM information_schema.tables "
         "WHERE table_catalog = current_database() AND table_name = ?",
-        [TABLE],
+        [name],
     ).fetchone()
-    if not row or not row[0]:
-        return None
-    return {d[0] for d in con.execute(f"SELECT * FROM {TABLE} LIMIT 0").description or []}
+    return bool(row and row[0])
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -267,54 +298,86 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(row[0]) if row else 0
 
 
+_LANDED = (
+    f"SELECT {', '.join(COLUMN_NAMES)}, "
+    f"timezone('UTC', {FIVETRAN_SYNCED}) AS {FIVETRAN_SYNCED}, "
+    f"coalesce({FIVETRAN_DELETED}, FALSE) AS {FIVETRAN_DELETED} "
+    f"FROM landing.{LANDING_SCHEMA}.{TABLE}"
+)
+# Landed rows the warehouse does not hold in that version (same key and sync time).
+_CHANGED = (
+    f"SELECT l.* FROM ({_LANDED}) AS l WHERE NOT EXISTS (SELECT 1 FROM {TABLE} AS w "
+    f"WHERE w.{PRIMARY_KEY} = l.{PRIMARY_KEY} "
+    f"AND w.{FIVETRAN_SYNCED} IS NOT DISTINCT FROM l.{FIVETRAN_SYNCED})"
+)
+
+
+def _pending(landing: Path, warehouse: Path) -> int | None:
+    """Return how many landed rows a merge would write, read without a write lock.
+
+    None when it cannot tell cheaply (no synced table yet, or the file is being written),
+    and the apply has to look with the warehouse open for writing.
+    """
+    if not warehouse.exists():
+        return None
+    try:
+        con = duckdb.connect(str(warehouse), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        if not (_has_table(con, TABLE) and _has_table(con, SYNC_MARKER)):
+            return None
+        _attach(con, landing)
+        return _count(con, f"SELECT count(*) FROM ({_CHANGED})")
+    finally:
+        con.close()
+
+
 def apply_landing(landing: Path, warehouse: Path, *, replace: bool = False) -> ApplyResult:
     """Bring the warehouse's `fpr_records` up to date with the landed table.
 
-    A table filled by `finmatch seed` or `load` (no `_fivetran_synced`) is replaced only
-    when `replace` is set; otherwise SyncError says so and nothing changes.
+    With `replace`, or when the warehouse has no `fpr_records` yet, the table becomes
+    exactly what landed. A table that `finmatch seed` or `load` filled is replaced only
+    with `replace`; otherwise SyncError says so and nothing changes. When nothing new
+    landed, the warehouse is not opened for writing (a running service keeps its
+    read-only hold on it).
     """
     started = time.perf_counter()
-    if not _landed_rows(landing):
-        # Nothing landed yet: leave the warehouse (even its file) untouched.
+    if not _landed_rows(landing) or (not replace and _pending(landing, warehouse) == 0):
         return ApplyResult(0, 0, table_rows(warehouse) or 0, time.perf_counter() - started)
     with writer(warehouse) as con:
         _attach(con, landing)
         try:
-            present = _columns(con)
-            source = f"landing.{LANDING_SCHEMA}.{TABLE}"
-            names = ", ".join(COLUMN_NAMES)
-            landed = (
-                f"SELECT {names}, timezone('UTC', {FIVETRAN_SYNCED}) AS {FIVETRAN_SYNCED}, "
-                f"coalesce({FIVETRAN_DELETED}, FALSE) AS {FIVETRAN_DELETED} FROM {source}"
-            )
-            if present is None or replace or FIVETRAN_SYNCED not in present:
-                if present is not None and not replace:
-                    raise SyncError(
-                        f"{TABLE} in {warehouse} was filled by `finmatch seed` or `load`, not "
-                        "by a sync. Run `finmatch sync --replace` to replace it with the "
-                        "source's records; nothing was changed."
-                    )
+            present = _has_table(con, TABLE)
+            if present and not replace and not _has_table(con, SYNC_MARKER):
+                raise SyncError(
+                    f"{TABLE} in {warehouse} was filled by `finmatch seed` or `load`, not by a "
+                    "sync. Run `finmatch sync --replace` to replace it with the source's "
+                    "records; nothing was changed."
+                )
+            if not present or replace:
 
                 def fill() -> None:
                     con.execute(create_table_sql(STAGING))
                     for col, sql_type in SYSTEM_COLUMNS.items():
                         con.execute(f"ALTER TABLE {STAGING} ADD COLUMN {col} {sql_type}")
-                    con.execute(f"INSERT INTO {STAGING} {landed}")
+                    con.execute(f"INSERT INTO {STAGING} {_LANDED}")
 
-                rows = swap_in(con, fill)
+                rows = swap_in(con, fill, synced=lambda: _mark(con))
                 return ApplyResult(rows, 0, rows, time.perf_counter() - started, replaced=True)
-            return _merge(con, landed, started)
+            return _merge(con, started)
         finally:
             with contextlib.suppress(duckdb.Error):
                 con.execute("DETACH landing")
 
 
-def _merge(con: duckdb.DuckDBPyConnection, landed: str, started: float) -> ApplyResult:
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE fm_changed AS SELECT l.* FROM ({landed}) AS l "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {TABLE} AS w WHERE w.{PRIMARY_KEY} = l.{PRIMARY_KEY} "
-        f"AND w.{FIVETRAN_SYNCED} IS NOT DISTINCT FROM l.{FIVETRAN_SYNCED})"
-    )
+def _mark(con: duckdb.DuckDBPyConnection) -> None:
+    """Record, in the open transaction, that a sync filled `fpr_records`."""
+    con.execute(f"CREATE OR REPLACE TABLE {SYNC_MARKER} AS SELECT now() AS applied_at")
+
+
+def _merge(con: duckdb.DuckDBPyConnection, started: float) -> ApplyResult:
+    con.execute(f"CREATE OR REPLACE TEMP TABLE fm_changed AS {_CHANGED}")
     try:
         changed = _count(con, "SELECT count(*) FROM fm_changed")
         if not changed:
@@ -333,6 +396,7 @@ def _merge(con: duckdb.DuckDBPyConnection, landed: str, started: float) -> Apply
             )
             con.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM fm_changed")
             customers.refresh(con, live_source(con))
+            _mark(con)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -366,18 +430,33 @@ def sync(
     folder: Path | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> SyncResult:
-    """Run the connector, then apply what it landed to the warehouse at `warehouse`."""
+    """Run the connector, then apply what it landed to the warehouse at `warehouse`.
+
+    `full` starts over: the landing file and state are dropped, every record is fetched
+    again and, once the connector has fetched them all, `fpr_records` becomes exactly
+    them (records gone from the source go too). Until that run completes, the warehouse
+    keeps its rows; a failed full sync continues with the next `sync`.
+    """
     folder = folder or workspace()
-    with _exclusive(folder):
+    with _exclusive(folder) as lock_fd:
         landing = folder / "files" / "warehouse.db"
+        full_pending = folder / "full-sync.pending"
+        if full:
+            shutil.rmtree(folder / "files", ignore_errors=True)
+            full_pending.touch()
         try:
-            connector_s = run_connector(folder, configuration, full=full, on_line=on_line)
+            connector_s = run_connector(folder, configuration, lock_fd=lock_fd, on_line=on_line)
         except SyncError as failed:
+            if full_pending.exists():
+                raise SyncError(
+                    f"{failed}\nThe full sync continues with the next `finmatch sync`; "
+                    f"{TABLE} keeps its rows until it completes."
+                ) from failed
             # What the pages before the failure landed is committed, as in Fivetran.
             try:
                 done = apply_landing(landing, warehouse, replace=replace)
-            except SyncError as refused:
-                raise SyncError(f"{failed}\n{refused}") from failed
+            except (SyncError, WarehouseBusy) as refused:
+                raise SyncError(f"{failed}\nNothing was applied: {refused}") from failed
             note = (
                 f"{done.written:,} records of the pages checkpointed before the failure were "
                 f"applied to {TABLE}."
@@ -389,7 +468,8 @@ def sync(
         # Every successful run of the connector checkpoints its own counts.
         last = state.get("last_sync")
         last = last if isinstance(last, dict) else {}
-        applied = apply_landing(landing, warehouse, replace=replace)
+        applied = apply_landing(landing, warehouse, replace=replace or full_pending.exists())
+        full_pending.unlink(missing_ok=True)
     return SyncResult(
         fetched=int(last.get("records", 0)),
         pages=int(last.get("pages", 0)),

@@ -16,8 +16,9 @@ import duckdb
 import httpx
 import pytest
 
+from fpr_api.store import CursorError, SourceStore
 from tests.conftest import free_port
-from tests.fpr_api.server import SourceApi, all_records
+from tests.fpr_api.server import SourceApi
 from tools.schema import COLUMN_NAMES, COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,16 +211,41 @@ def test_planned_faults_hit_the_next_requests_in_order(source_api: SourceApi) ->
     assert source_api.admin("DELETE", "/admin/faults")["faults_pending"] == 0
 
 
-def test_store_paging_matches_http_paging(source_api: SourceApi) -> None:
+def test_small_pages_walk_ties_in_the_epoch_in_key_order(source_api: SourceApi) -> None:
     with source_api.client() as c:
-        over_http, _, _ = read_all(c, size=37)
-    assert over_http == all_records(source_api.store)
+        _, _, cursor = read_all(c)
+        source_api.admin("POST", "/admin/changes", json={"update": 9, "add": 6, "seed": 4})
+        changed, pages, _ = read_all(c, cursor, size=2)  # 15 records, all one epoch
+        everything, _, _ = read_all(c, size=37)
+    assert len(pages) == 8 and len(changed) == 15
+    assert len({r["last_updated_epoch"] for r in changed}) == 1
+    assert [r["record_id"] for r in changed] == sorted(r["record_id"] for r in changed)
+    # The same order the table gives, read without the API's paging.
+    ordered = source_api.store._cursor().execute(
+        "SELECT record_id FROM fpr_records ORDER BY last_updated_epoch, record_id"
+    )
+    expected = [row[0] for row in ordered.fetchall()]
+    assert [r["record_id"] for r in everything] == expected
+    assert [r["record_id"] for r in changed] == expected[-15:]
+
+
+def test_a_cursor_from_records_generated_anew_is_refused(tmp_path: Path) -> None:
+    first = SourceStore.open(tmp_path / "a.duckdb", records=50)
+    cursor = first.page(None, 10).next_cursor
+    first.close()
+    again = SourceStore.open(tmp_path / "a.duckdb", records=50, reset=True)
+    try:
+        with pytest.raises(CursorError, match="generated anew: leave cursor out"):
+            again.page(cursor, 10)
+        assert len(again.page(None, 10).records) == 10
+    finally:
+        again.close()
 
 
 def test_source_api_and_source_change_commands(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "FINMATCH_HOME": str(tmp_path / "home")}
-    env.pop("FPR_API_KEY", None)
+    # An empty FPR_API_KEY outranks a developer's .env: the local key file is used.
+    env = {**os.environ, "FINMATCH_HOME": str(tmp_path / "home"), "FPR_API_KEY": ""}
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service.cli", "source-api", "--port", str(port)]
     proc = subprocess.Popen(

@@ -4,6 +4,9 @@ embedded warehouse it applies to."""
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -160,8 +163,71 @@ def test_incremental_sync_lands_exactly_the_changes(syncer: Syncer) -> None:
     assert len(touched) == 27  # nothing else was rewritten
 
     again = syncer(full=True)  # --full fetches everything again
-    assert again.fetched == 757 and again.applied.updated == 757
+    assert again.fetched == 757 and again.applied.replaced and again.applied.rows == 757
     assert_mirrors_source(syncer)
+
+
+def test_a_source_generated_anew_needs_a_full_sync_which_drops_what_is_gone(
+    syncer: Syncer, tmp_path: Path
+) -> None:
+    syncer()
+    old_api = syncer.api
+    syncer.api = start_api(tmp_path / "regenerated.duckdb", records=700, seed=42)
+    try:
+        with pytest.raises(SyncError, match=r"refused the saved cursor.*finmatch sync --full"):
+            syncer()
+        assert len(warehouse_records(syncer.warehouse)) == 750  # kept as it was
+        result = syncer(full=True)
+        assert result.fetched == 700 and result.applied.replaced
+        assert_mirrors_source(syncer)  # the 50 records the source no longer has are gone
+    finally:
+        syncer.api.stop()
+        syncer.api = old_api
+
+
+def test_a_failed_full_sync_keeps_the_table_until_the_next_sync_completes_it(
+    syncer: Syncer,
+) -> None:
+    syncer()
+    syncer.api.admin(
+        "POST",
+        "/admin/faults",
+        json={"after": 2, "faults": [{"kind": "status", "status": 503}] * 3},
+    )
+    with pytest.raises(SyncError, match="full sync continues with the next `finmatch sync`"):
+        syncer(full=True, max_retries="1")
+    assert len(warehouse_records(syncer.warehouse)) == 750
+    syncer.api.admin("DELETE", "/admin/faults")
+    syncer.api.admin("POST", "/admin/changes", json={"update": 5})
+    finished = syncer()
+    # The rest of the records, plus the updated ones among the 200 already fetched.
+    assert 550 <= finished.fetched <= 555 and finished.applied.replaced
+    assert_mirrors_source(syncer)
+    assert not (syncer.folder / "full-sync.pending").exists()
+
+
+def test_a_sync_with_nothing_new_runs_while_the_warehouse_is_open_elsewhere(
+    syncer: Syncer,
+) -> None:
+    syncer()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('open', flush=True); time.sleep(120)",
+            str(syncer.warehouse),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        result = syncer()  # like `finmatch serve` holding it: nothing new, nothing to write
+        assert result.fetched == 0 and result.applied.written == 0
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_killed_sync_resumes_from_its_checkpoint(syncer: Syncer, tmp_path: Path) -> None:
@@ -203,6 +269,62 @@ def test_a_killed_sync_resumes_from_its_checkpoint(syncer: Syncer, tmp_path: Pat
     assert_mirrors_source(syncer)
 
 
+def test_a_terminated_sync_stops_its_tester_and_frees_the_workspace(
+    syncer: Syncer, tmp_path: Path
+) -> None:
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"after": 1, "faults": [{"kind": "delay", "seconds": 120}]}
+    )
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
+        "FPR_API_KEY": KEY,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "sync", "--url", syncer.api.url, "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    folder = tmp_path / "home" / "connector"
+    deadline = time.monotonic() + 120
+    while read_state(folder).get("last_sync", {}).get("pages") != 1:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.terminate()  # SIGTERM to the command alone, as a service manager sends it
+    assert proc.wait(timeout=60) != 0
+    with (folder / "sync.lock").open("w") as lock:  # the tester is gone: the lock is free
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    syncer.api.admin("DELETE", "/admin/faults")
+    syncer.folder = folder
+    assert syncer().fetched == 650
+    assert_mirrors_source(syncer)
+
+
+def test_retry_after_is_waited_out_up_to_its_cap(syncer: Syncer) -> None:
+    faults = [
+        {"kind": "status", "status": 429, "retry_after": 2},
+        {"kind": "status", "status": 503, "retry_after": 600},
+        {"kind": "status", "status": 500},
+    ]
+    syncer.api.admin("POST", "/admin/faults", json={"after": 1, "faults": faults})
+    started = time.monotonic()
+    result = syncer(max_retry_after_seconds="3", backoff_seconds="0.1")
+    assert result.fetched == 750
+    assert time.monotonic() - started < 60  # the 600 s Retry-After was capped at 3 s
+    stamps = [
+        datetime.datetime.strptime(line[:12], "%H:%M:%S.%f")
+        for line in syncer.log
+        if "retry " in line
+    ]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert len(gaps) == 2
+    assert 1.9 <= gaps[0] < 2.9  # Retry-After: 2 after the 429
+    assert 2.9 <= gaps[1] < 4.5  # Retry-After: 600 after the 503, capped at 3
+
+
 def test_429_5xx_and_timeouts_are_retried_until_the_sync_succeeds(syncer: Syncer) -> None:
     faults = [
         {"kind": "status", "status": 429, "retry_after": 1},
@@ -210,6 +332,7 @@ def test_429_5xx_and_timeouts_are_retried_until_the_sync_succeeds(syncer: Syncer
         {"kind": "delay", "seconds": 3},
         {"kind": "status", "status": 503},
         {"kind": "status", "status": 502},
+        {"kind": "cut"},  # the next page's body breaks off halfway
     ]
     syncer.api.admin("POST", "/admin/faults", json={"after": 2, "faults": faults})
     started = time.monotonic()
@@ -221,6 +344,7 @@ def test_429_5xx_and_timeouts_are_retried_until_the_sync_succeeds(syncer: Syncer
     assert len(retries) == 5
     for seen in ("answer 429", "answer 500", "Read timed out", "answer 503", "answer 502"):
         assert any(seen in line for line in retries), seen
+    assert sum("lost the body mid-read" in line for line in syncer.log) == 1
     stats = syncer.api.admin("GET", "/admin/stats")
     assert stats["faults_pending"] == 0
     assert {k: stats["statuses"][k] for k in ("429", "500", "502", "503")} == dict.fromkeys(
@@ -293,6 +417,10 @@ def test_a_seeded_table_is_replaced_only_when_asked(syncer: Syncer) -> None:
     result = syncer(replace=True)
     assert result.applied.replaced and result.applied.rows == 750
     assert_mirrors_source(syncer)
+    seed_table(syncer.warehouse, rows=100, seed=9)  # seeding again ends the sync's claim
+    syncer.api.admin("POST", "/admin/changes", json={"add": 1})
+    with pytest.raises(SyncError, match="--replace"):
+        syncer()
 
 
 def test_the_sync_command_reports_what_it_did(syncer: Syncer, tmp_path: Path) -> None:
