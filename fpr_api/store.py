@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 
 from tools import generator
+from tools.ingest import records_in
 from tools.schema import COLUMNS, TABLE, create_table_sql
 
 # Dates leave the store as ISO text, the way the API contract shows them.
@@ -174,14 +175,7 @@ class SourceStore:
 
     def count(self) -> int | None:
         """Return how many records the store holds; None when it has no table yet."""
-        con = self._cursor()
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
-        ).fetchone()
-        if not found or not found[0]:
-            return None
-        row = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
-        return int(row[0]) if row else 0
+        return records_in(self._cursor())
 
     def page(self, cursor: str | None, size: int) -> Page:
         """Return up to `size` records after `cursor` (from the start when None)."""

@@ -132,15 +132,20 @@ def table_rows(path: Path) -> int | None:
         return None
     con = duckdb.connect(str(path), read_only=True)
     try:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
-        ).fetchone()
-        if not found or not found[0]:
-            return None
-        row = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
-        return int(row[0]) if row else None
+        return records_in(con)
     finally:
         con.close()
+
+
+def records_in(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Return how many records `fpr_records` holds on `con`; None if there is no such table."""
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+    ).fetchone()
+    if not found or not found[0]:
+        return None
+    row = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
+    return int(row[0]) if row else 0
 
 
 def seed_table(

@@ -230,26 +230,33 @@ def test_a_sync_with_nothing_new_runs_while_the_warehouse_is_open_elsewhere(
         holder.wait()
 
 
-def test_a_killed_sync_resumes_from_its_checkpoint(syncer: Syncer, tmp_path: Path) -> None:
-    # Three pages answer, then the API hangs: the sync is killed while it waits.
-    syncer.api.admin(
-        "POST", "/admin/faults", json={"after": 3, "faults": [{"kind": "delay", "seconds": 120}]}
-    )
+def start_sync_command(
+    syncer: Syncer, tmp_path: Path, *, start_new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `finmatch sync` in a child process with its workspace under tmp_path/home."""
     env = {
         **os.environ,
         "FINMATCH_HOME": str(tmp_path / "home"),
         "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
         "FPR_API_KEY": KEY,
     }
-    command = [sys.executable, "-m", "service.cli", "sync", "--url", syncer.api.url]
-    proc = subprocess.Popen(
-        [*command, "--timeout", "300"],
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "sync", "--url", syncer.api.url]
+        + ["--timeout", "300", "--quiet"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=start_new_session,
     )
+
+
+def test_a_killed_sync_resumes_from_its_checkpoint(syncer: Syncer, tmp_path: Path) -> None:
+    # Three pages answer, then the API hangs: the sync is killed while it waits.
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"after": 3, "faults": [{"kind": "delay", "seconds": 120}]}
+    )
+    proc = start_sync_command(syncer, tmp_path, start_new_session=True)
     folder = tmp_path / "home" / "connector"
     deadline = time.monotonic() + 120
     while read_state(folder).get("last_sync", {}).get("pages") != 3:
@@ -275,19 +282,7 @@ def test_a_terminated_sync_stops_its_tester_and_frees_the_workspace(
     syncer.api.admin(
         "POST", "/admin/faults", json={"after": 1, "faults": [{"kind": "delay", "seconds": 120}]}
     )
-    env = {
-        **os.environ,
-        "FINMATCH_HOME": str(tmp_path / "home"),
-        "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
-        "FPR_API_KEY": KEY,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "sync", "--url", syncer.api.url, "--quiet"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_sync_command(syncer, tmp_path)
     folder = tmp_path / "home" / "connector"
     deadline = time.monotonic() + 120
     while read_state(folder).get("last_sync", {}).get("pages") != 1:
