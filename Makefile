@@ -17,7 +17,7 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint format bench clean connector-env sync source-api
+.PHONY: demo test lint format bench clean connector-env sync source-api eval
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -40,6 +40,10 @@ sync: $(VENV)/.installed $(CONNECTOR_VENV)/.installed
 
 source-api: $(VENV)/.installed
 	$(BIN)/finmatch source-api
+
+# The eval suite with the offline analyst (make test runs it too, in tests/evals).
+eval: $(VENV)/.installed
+	$(BIN)/finmatch eval
 
 demo: $(VENV)/.installed
 	$(BIN)/finmatch seed --if-empty

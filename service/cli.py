@@ -438,6 +438,35 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the eval suite, print its scores and fail when one is under its threshold."""
+    # The eval suite sits above the service; the command line is where it is entered.
+    from evals.runner import THRESHOLDS, evaluate, render
+    from evals.scenarios import SCENARIOS
+    from graphs.models import UnknownModel, check_model
+
+    try:
+        check_model(args.model)
+    except UnknownModel as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+    unknown = [s for s in args.scenario or [] if s not in SCENARIOS]
+    if unknown:
+        raise CliError(
+            f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}",
+            EXIT_USAGE,
+        )
+    outcomes, run_id = evaluate(
+        args.model, args.focus or (), args.scenario or (), judge=args.judge or ""
+    )
+    _out(render(outcomes))
+    failed = [o for o in outcomes if o.failures]
+    _out(
+        f"\nMLflow run {run_id} (experiment finmatch-evals); thresholds in {THRESHOLDS.name}: "
+        + (f"{len(failed)} of {len(outcomes)} below" if failed else "all met")
+    )
+    return EXIT_ERROR if failed else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the agent endpoint with uvicorn until interrupted."""
     import uvicorn
@@ -685,6 +714,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "eval",
+        help="run the eval suite (scenarios x focus areas) and check the thresholds",
+        description="Run every focus area on generated tables with known truth, score the "
+        "runs (steps, planted-finding recall, invented findings, grounding, sections, guard, "
+        "latency, tokens) with mlflow.genai.evaluate, log them to MLflow and exit 1 when a "
+        "score is under its threshold (evals/thresholds.json).",
+    )
+    p.add_argument("--model", default="offline", help="model name (default offline)")
+    p.add_argument(
+        "--focus", nargs="+", choices=list(FOCUS_AREAS), help="focus areas (default all)"
+    )
+    p.add_argument("--scenario", nargs="+", metavar="NAME", help="scenarios (default all)")
+    p.add_argument(
+        "--judge",
+        metavar="MODEL_URI",
+        help="add LLM judges of relevance and actionability that call this model, e.g. "
+        "databricks:/databricks-claude-sonnet-4",
+    )
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
         "source-api",

@@ -1,0 +1,192 @@
+"""Scorers of a focus-area run, as `mlflow.genai` scorers that need no LLM judge.
+
+Each reads the run's outputs (see `evals.runner.run_case`: the steps that ran, the
+material findings, the report's sections, grounding and usage, guard rejections, latency)
+and the scenario's expectations, and returns a `Feedback` whose rationale says what was
+wrong. The checks themselves are plain functions (`check_*`) so tests can call them on a
+deliberately broken run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.entities import Feedback
+from mlflow.genai.scorers import scorer
+
+
+def check_steps(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """Every documented step ran, in order."""
+    ran, expected = list(outputs.get("steps", [])), list(expectations["steps"])
+    if outputs.get("error"):
+        return 0.0, f"the run failed after {len(ran)} steps: {outputs['error']}"
+    if ran == expected:
+        return 1.0, f"all {len(expected)} steps ran in order"
+    missing = [s for s in expected if s not in ran]
+    if missing:
+        return 0.0, f"steps that did not run: {', '.join(missing)}"
+    return 0.0, f"steps ran out of order: {' -> '.join(ran)}"
+
+
+def check_recall(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """Share of the planted findings the run reported (1 when nothing is planted)."""
+    must = set(expectations["must_find"])
+    found = {f["kind"] for f in outputs.get("findings", [])}
+    if not must:
+        return 1.0, "nothing is planted for this area"
+    missed = sorted(must - found)
+    value = 1 - len(missed) / len(must)
+    return value, ("missed: " + ", ".join(missed)) if missed else f"found all {len(must)}"
+
+
+def check_invented(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """Share of the run's material findings that nothing planted explains (0 is best)."""
+    may = set(expectations["may_find"]) | set(expectations["must_find"])
+    material = [f["kind"] for f in outputs.get("findings", [])]
+    if not material:
+        return 0.0, "no material findings"
+    invented = sorted({k for k in material if k not in may})
+    value = sum(1 for k in material if k not in may) / len(material)
+    return value, ("invented: " + ", ".join(invented)) if invented else "none invented"
+
+
+def check_grounding(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """Share of the narrative's numbers that match the evidence."""
+    report = outputs.get("report", {})
+    checked, ungrounded = int(report.get("numbers_checked", 0)), report.get("ungrounded", [])
+    if not checked:
+        return 1.0, "the narrative states no numbers"
+    value = 1 - len(ungrounded) / checked
+    if ungrounded:
+        return value, f"{len(ungrounded)} of {checked} numbers match no evidence: " + ", ".join(
+            ungrounded[:10]
+        )
+    return value, f"all {checked} numbers match the evidence"
+
+
+def check_sections(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """The report has the focus area's sections, in order."""
+    titles = list(outputs.get("report", {}).get("sections", []))
+    expected = list(expectations["sections"])
+    missing = [t for t in expected if t not in titles]
+    if missing:
+        return 0.0, "missing sections: " + ", ".join(missing)
+    if [t for t in titles if t in expected] != expected:
+        return 0.0, "sections out of order: " + " / ".join(titles)
+    return 1.0, f"all {len(expected)} sections"
+
+
+def check_guard(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """No guard rejection was ignored: after one, the narrative states nothing unverified."""
+    rejections = outputs.get("rejections", [])
+    if not rejections:
+        return 1.0, "no query was rejected"
+    ungrounded = outputs.get("report", {}).get("ungrounded", [])
+    if ungrounded:
+        return 0.0, (
+            f"{len(rejections)} rejected quer{'y' if len(rejections) == 1 else 'ies'} "
+            f"(first: {rejections[0].get('reason', '')}) and the narrative still states "
+            f"unverified numbers: {', '.join(ungrounded[:5])}"
+        )
+    return 1.0, f"{len(rejections)} rejected, and the narrative kept to the evidence"
+
+
+def _feedback(check: Any, outputs: Any, expectations: Any) -> Feedback:
+    value, rationale = check(outputs or {}, expectations or {})
+    return Feedback(value=round(float(value), 4), rationale=rationale)
+
+
+@scorer(aggregations=["mean", "min"])
+def steps_in_order(outputs: Any, expectations: Any) -> Feedback:
+    """Every documented step ran, in order (1 or 0)."""
+    return _feedback(check_steps, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "min"])
+def planted_recall(outputs: Any, expectations: Any) -> Feedback:
+    """Share of the planted findings reported."""
+    return _feedback(check_recall, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "max"])
+def invented_rate(outputs: Any, expectations: Any) -> Feedback:
+    """Share of material findings nothing planted explains (lower is better)."""
+    return _feedback(check_invented, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "min"])
+def grounding(outputs: Any, expectations: Any) -> Feedback:
+    """Share of the narrative's numbers that match the evidence."""
+    return _feedback(check_grounding, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "min"])
+def report_sections(outputs: Any, expectations: Any) -> Feedback:
+    """The report has the focus area's sections, in order (1 or 0)."""
+    return _feedback(check_sections, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "min"])
+def guard_respected(outputs: Any, expectations: Any) -> Feedback:
+    """No guard rejection was ignored (1 or 0)."""
+    return _feedback(check_guard, outputs, expectations)
+
+
+@scorer(aggregations=["mean", "max"])
+def latency_s(outputs: Any) -> Feedback:
+    """Wall time of the run in seconds."""
+    seconds = float((outputs or {}).get("latency_s", 0.0))
+    return Feedback(value=round(seconds, 3), rationale=f"{seconds:.2f} s")
+
+
+@scorer(aggregations=["mean", "max"])
+def prompt_tokens(outputs: Any) -> Feedback:
+    """Prompt tokens: what the model read, or the first prompt's size for the offline analyst."""
+    usage = (outputs or {}).get("report", {}).get("usage", {})
+    tokens = int(usage.get("input_tokens") or usage.get("prompt_tokens_estimate") or 0)
+    return Feedback(value=tokens, rationale=f"{tokens:,} prompt tokens")
+
+
+@scorer(aggregations=["mean", "max"])
+def completion_tokens(outputs: Any) -> Feedback:
+    """Completion tokens the model wrote (0 for the offline analyst)."""
+    usage = (outputs or {}).get("report", {}).get("usage", {})
+    tokens = int(usage.get("output_tokens") or 0)
+    return Feedback(value=tokens, rationale=f"{tokens:,} completion tokens")
+
+
+SCORERS = [
+    steps_in_order,
+    planted_recall,
+    invented_rate,
+    grounding,
+    report_sections,
+    guard_respected,
+    latency_s,
+    prompt_tokens,
+    completion_tokens,
+]
+
+
+def judges(model_uri: str) -> list[Any]:
+    """Return LLM judges of relevance and actionability that call `model_uri`.
+
+    `model_uri` is MLflow's judge model form, e.g. `databricks:/databricks-claude-sonnet-4`
+    or `openai:/gpt-4o`. They read the question and the report's text; they need that model
+    to be reachable, so they run only when asked for (`finmatch eval --judge URI`).
+    """
+    from mlflow.genai.scorers import Guidelines, RelevanceToQuery
+
+    return [
+        RelevanceToQuery(model=model_uri),
+        Guidelines(
+            name="actionability",
+            model=model_uri,
+            guidelines=[
+                "Every recommendation names a concrete action a retail-banking manager can "
+                "take, for a named customer segment, product or lifecycle stage.",
+                "Every recommendation is justified by a finding the report states, with its "
+                "numbers; none rests on a claim the report does not support.",
+            ],
+        ),
+    ]
