@@ -57,15 +57,24 @@ def table_for(scenario: Scenario, folder: Path) -> Path:
     return path
 
 
-def run_case(focus: str, warehouse: Path, model: str, question: str) -> dict[str, Any]:
+def run_case(
+    focus: str,
+    warehouse: Path,
+    model: str,
+    question: str,
+    filters: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run one focus area's graph to its end; return what the scorers read."""
     from graphs.portfolio import AREA_GRAPHS
+
+    scope: dict[str, Any] = dict(filters or {})
+    context = Context(warehouse=f"duckdb:///{warehouse}", model=model, **scope)
 
     async def go() -> dict[str, Any]:
         out: dict[str, Any] = {}
         async for chunk in AREA_GRAPHS[focus].astream(
             {"question": question},
-            context=Context(warehouse=f"duckdb:///{warehouse}", model=model),
+            context=context,
             stream_mode="values",
         ):
             out = chunk
@@ -133,9 +142,11 @@ def evaluate(
     use_tracking(current(RunSettings).mlflow_tracking_uri, EXPERIMENT)
 
     @mlflow.trace(name="focus_area_run")
-    def predict(scenario: str, focus: str, model: str, question: str) -> dict[str, Any]:
+    def predict(
+        scenario: str, focus: str, model: str, question: str, filters: dict[str, str]
+    ) -> dict[str, Any]:
         try:
-            return run_case(focus, tables[scenario], model, question)
+            return run_case(focus, tables[scenario], model, question, filters)
         except Exception as e:  # a failed run is scored, not a crash of the suite
             return {"error": f"{type(e).__name__}: {e}", "steps": [], "findings": []}
 
@@ -146,6 +157,7 @@ def evaluate(
                 "focus": slug,
                 "model": model,
                 "question": SCENARIOS[name].question,
+                "filters": SCENARIOS[name].filters,
             },
             "expectations": SCENARIOS[name].expectations(slug),
         }

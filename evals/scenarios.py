@@ -57,6 +57,7 @@ class Scenario:
     seed: int
     relationships: Relationships
     question: str = ""
+    filters: dict[str, str] = field(default_factory=dict)
     must: dict[str, frozenset[str]] = field(default_factory=dict)
     may: dict[str, frozenset[str]] = field(default_factory=dict)
 
@@ -91,9 +92,21 @@ def _planted(rel: Relationships) -> set[str]:
 
 
 def scenario(
-    name: str, description: str, rows: int, seed: int, rel: Relationships, question: str = ""
+    name: str,
+    description: str,
+    rows: int,
+    seed: int,
+    rel: Relationships,
+    question: str = "",
+    filters: dict[str, str] | None = None,
+    out_of_scope: tuple[str, ...] = (),
 ) -> Scenario:
-    """Build a scenario whose expectations follow from the relationships it plants."""
+    """Build a scenario whose expectations follow from the relationships it plants.
+
+    `filters` scope the runs (Context fields such as `segment`); `out_of_scope` names the
+    finding kinds that scope cannot show (a segment effect within one segment), which
+    are then neither required nor allowed.
+    """
     must: dict[str, set[str]] = {slug: set() for slug in FOCUS_AREAS}
     may: dict[str, set[str]] = {slug: set() for slug in FOCUS_AREAS}
     for planted in _planted(rel):
@@ -105,6 +118,7 @@ def scenario(
         for kind in _FOLLOWS.get(planted, ()):
             for slug in FOCUS_AREAS:
                 may[slug].add(kind)
+    gone = set(out_of_scope)
     return Scenario(
         name=name,
         description=description,
@@ -112,8 +126,9 @@ def scenario(
         seed=seed,
         relationships=rel,
         question=question,
-        must={k: frozenset(v) for k, v in must.items()},
-        may={k: frozenset(v) for k, v in may.items()},
+        filters=dict(filters or {}),
+        must={k: frozenset(v - gone) for k, v in must.items()},
+        may={k: frozenset(v - gone) for k, v in may.items()},
     )
 
 
@@ -134,6 +149,17 @@ SCENARIOS: dict[str, Scenario] = {
             20_000,
             7,
             Relationships.none(),
+        ),
+        scenario(
+            "planted-retail",
+            "the planted table scoped to Retail customers: the Small Business cell and the "
+            "segment effect on balances cannot show within one segment",
+            20_000,
+            7,
+            Relationships(),
+            question="How do we convert more Retail customers?",
+            filters={"segment": "Retail"},
+            out_of_scope=("lagging_cell", "segment_balance"),
         ),
         scenario(
             "no-lagging-cell",
