@@ -9,6 +9,7 @@ scenario's scores with `evals/thresholds.json`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -19,7 +20,9 @@ from typing import Any
 
 from evals.scenarios import SCENARIOS, Scenario
 from graphs.areas import FOCUS_AREAS
+from graphs.compose import CITE
 from graphs.context import Context
+from graphs.report import narrative_numbers
 from tools.ingest import seed_table
 from tools.settings import project_home
 
@@ -45,7 +48,8 @@ def thresholds() -> dict[str, dict[str, float]]:
 
 def table_for(scenario: Scenario, folder: Path) -> Path:
     """Return the scenario's DuckDB table, generating it the first time."""
-    path = folder / f"{scenario.name}-{scenario.rows}-{scenario.seed}.duckdb"
+    truth = hashlib.sha256(repr(scenario.relationships).encode()).hexdigest()[:10]
+    path = folder / f"{scenario.name}-{scenario.rows}-{scenario.seed}-{truth}.duckdb"
     # A marker, not a look inside: the agents may hold the file open read-only already.
     ready = path.with_suffix(".ready")
     if not (path.exists() and ready.exists()):
@@ -85,13 +89,21 @@ def run_case(
     latency = time.perf_counter() - started
     report = out.get("report") or {}
     analysis = out.get("analysis") or {}
+    texts = [report.get("headline", "")]
+    texts += [s["body"] for s in report.get("sections", [])]
+    texts += [f"{r['action']} {r['rationale']}" for r in report.get("recommendations", [])]
+    # What the analyst reported: the findings its narrative and recommendations cite.
+    cited = {c for t in texts for c in CITE.findall(t)}
+    cited |= {i for r in report.get("recommendations", []) for i in r.get("finding_ids", [])}
+    bad = set(report.get("ungrounded", []))
     return {
         "steps": [s["step"] for s in out.get("steps", [])],
         "findings": [
             {"id": f["id"], "kind": f["kind"], "strength": f["strength"]}
             for f in out.get("findings", [])
-            if f.get("strength") != "descriptive"
+            if f.get("strength") != "descriptive" and f["id"] in cited
         ],
+        "unknown_citations": report.get("unknown_finding_ids", []),
         "report": {
             "headline": report.get("headline", ""),
             # What an LLM judge reads: the narrative and the recommendations.
@@ -99,6 +111,10 @@ def run_case(
             "sections": [s["title"] for s in report.get("sections", [])],
             "numbers_checked": report.get("numbers_checked", 0),
             "ungrounded": report.get("ungrounded", []),
+            # Every statement of an unmatched number counts, not each distinct one.
+            "ungrounded_statements": sum(
+                1 for t in texts for token in narrative_numbers(t) if token in bad
+            ),
             "usage": report.get("usage", {}),
         },
         "rejections": analysis.get("rejections", []),
@@ -128,6 +144,8 @@ def evaluate(
     # threads exhaust its connection pool and drop rows.
     os.environ.setdefault("MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT", "0")
     os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "4")
+    # predict is traced already; mlflow's check would run the first case an extra time.
+    os.environ.setdefault("MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION", "true")
     import mlflow
 
     from evals.scorers import SCORERS, judges
@@ -169,14 +187,21 @@ def evaluate(
         mlflow.log_params({"model": model, "focus": ",".join(focus), "scenarios": ",".join(names)})
         chosen = [*SCORERS, *(judges(judge) if judge else [])]
         result = mlflow.genai.evaluate(data=data, predict_fn=predict, scorers=chosen)
-    return _outcomes(result.result_df, [s.name for s in chosen]), run.info.run_id
+    expected = [(slug, name) for name in names for slug in focus]
+    outcomes = _outcomes(result.result_df, [s.name for s in chosen], expected)
+    return outcomes, run.info.run_id
 
 
-def _outcomes(frame: Any, scorer_names: list[str]) -> list[Outcome]:
+def _outcomes(
+    frame: Any, scorer_names: list[str], expected: list[tuple[str, str]]
+) -> list[Outcome]:
     limits = thresholds()
-    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for _, row in frame.iterrows():
-        inputs = row.get("inputs") or row.get("request") or {}
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {key: {} for key in expected}
+    rows = [] if frame is None else [row for _, row in frame.iterrows()]
+    for row in rows:
+        inputs = row.get("request")
+        if not isinstance(inputs, dict):
+            continue
         key = (str(inputs.get("focus")), str(inputs.get("scenario")))
         for name in scorer_names:
             value = row.get(f"{name}/value")
@@ -187,6 +212,9 @@ def _outcomes(frame: Any, scorer_names: list[str]) -> list[Outcome]:
     for (slug, scenario), values in sorted(groups.items()):
         scores = {name: sum(v) / len(v) for name, v in values.items()}
         failures = []
+        if not values:  # mlflow returned no result for this run: never a pass
+            outcomes.append(Outcome(slug, scenario, {}, ["no result was returned for the run"]))
+            continue
         for name, limit in limits.items():
             if name not in scores:
                 failures.append(f"{name}: no score (the scorer failed)")

@@ -29,7 +29,7 @@ def check_steps(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[
 
 
 def check_recall(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
-    """Share of the planted findings the run reported (1 when nothing is planted)."""
+    """Share of the planted findings the report cites (1 when nothing is planted)."""
     must = set(expectations["must_find"])
     found = {f["kind"] for f in outputs.get("findings", [])}
     if not must:
@@ -40,11 +40,13 @@ def check_recall(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple
 
 
 def check_invented(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
-    """Share of the run's material findings that nothing planted explains (0 is best)."""
+    """Share of the material findings the report cites that nothing planted explains."""
     may = set(expectations["may_find"]) | set(expectations["must_find"])
     material = [f["kind"] for f in outputs.get("findings", [])]
+    # Citing a finding that does not exist is inventing one.
+    material += [f"unknown finding {i}" for i in outputs.get("unknown_citations", [])]
     if not material:
-        return 0.0, "no material findings"
+        return 0.0, "no material findings reported"
     invented = sorted({k for k in material if k not in may})
     value = sum(1 for k in material if k not in may) / len(material)
     return value, ("invented: " + ", ".join(invented)) if invented else "none invented"
@@ -52,11 +54,14 @@ def check_invented(outputs: dict[str, Any], expectations: dict[str, Any]) -> tup
 
 def check_grounding(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
     """Share of the narrative's numbers that match the evidence."""
+    if outputs.get("error"):
+        return 0.0, f"no report: {outputs['error']}"
     report = outputs.get("report", {})
     checked, ungrounded = int(report.get("numbers_checked", 0)), report.get("ungrounded", [])
     if not checked:
         return 1.0, "the narrative states no numbers"
-    value = 1 - len(ungrounded) / checked
+    statements = max(len(ungrounded), int(report.get("ungrounded_statements", 0)))
+    value = max(0.0, 1 - statements / checked)
     if ungrounded:
         return value, f"{len(ungrounded)} of {checked} numbers match no evidence: " + ", ".join(
             ungrounded[:10]
@@ -81,6 +86,10 @@ def check_guard(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[
     rejections = outputs.get("rejections", [])
     if not rejections:
         return 1.0, "no query was rejected"
+    sent = [" ".join(str(r.get("sql", "")).lower().split()) for r in rejections]
+    repeated = sorted({q for q in sent if sent.count(q) > 1})
+    if repeated:
+        return 0.0, f"a rejected query was sent again unchanged: {repeated[0][:120]}"
     ungrounded = outputs.get("report", {}).get("ungrounded", [])
     if ungrounded:
         return 0.0, (

@@ -17,7 +17,8 @@ from graphs.report import (
     grounding_pool,
 )
 
-_CITE = re.compile(r"\[([A-Z]+-\d+)\]")
+# A finding cited in a narrative: its id in brackets, e.g. [OPT-2].
+CITE = re.compile(r"\[([A-Z]+-\d+)\]")
 
 
 def build_report(
@@ -35,7 +36,7 @@ def build_report(
     texts += [f"{r.action} {r.rationale}" for r in analysis.recommendations]
     checked, ungrounded = check_grounding(texts, grounding_pool(evidence, findings))
     known = {f.id for f in findings}
-    cited = {c for t in texts for c in _CITE.findall(t)}
+    cited = {c for t in texts for c in CITE.findall(t)}
     cited |= {i for r in analysis.recommendations for i in r.finding_ids}
     report = Report(
         focus_area=area.slug,

@@ -114,6 +114,30 @@ def test_an_invented_number_or_missing_section_is_caught() -> None:
     assert value == 0.0 and expect["sections"][-1] in why
 
 
+def test_each_statement_of_an_invented_number_counts() -> None:
+    outputs, expect = good()
+    report = {**outputs["report"], "numbers_checked": 19, "ungrounded": ["73.15%"]}
+    report["ungrounded_statements"] = 4
+    value, _ = scorers.check_grounding({**outputs, "report": report}, expect)
+    assert value == pytest.approx(15 / 19)
+    failed = {"error": "ConnectionError: endpoint down", "steps": [], "findings": []}
+    assert scorers.check_grounding(failed, expect)[0] == 0.0
+    assert "endpoint down" in scorers.check_steps(failed, expect)[1]
+
+
+def test_citing_a_finding_that_does_not_exist_is_invention() -> None:
+    outputs, expect = good()
+    value, why = scorers.check_invented({**outputs, "unknown_citations": ["OP-99"]}, expect)
+    assert value > 0 and "OP-99" in why
+
+
+def test_a_run_mlflow_returned_no_result_for_fails() -> None:
+    from evals.runner import _outcomes
+
+    (outcome,) = _outcomes(None, ["grounding"], [(OVERALL, "planted")])
+    assert outcome.failures == ["no result was returned for the run"]
+
+
 def test_a_rejection_followed_by_unverified_numbers_fails_the_guard_scorer() -> None:
     outputs, expect = good()
     rejected = {**outputs, "rejections": [{"sql": "DROP TABLE x", "reason": "not a query"}]}
@@ -121,6 +145,9 @@ def test_a_rejection_followed_by_unverified_numbers_fails_the_guard_scorer() -> 
     ignored = {**rejected, "report": {**outputs["report"], "ungrounded": ["41.2"]}}
     value, why = scorers.check_guard(ignored, expect)
     assert value == 0.0 and "not a query" in why and "41.2" in why
+    again = {**rejected, "rejections": rejected["rejections"] * 2}
+    value, why = scorers.check_guard(again, expect)
+    assert value == 0.0 and "sent again unchanged" in why
 
 
 def test_the_offline_analyst_passes_every_threshold(home: Path) -> None:
@@ -138,8 +165,11 @@ def test_an_analyst_that_invents_a_number_fails_grounding(home: Path) -> None:
         "import:tests.evals.broken:inventing", focus=[OVERALL], scenarios=["planted"]
     )
     (outcome,) = outcomes
-    assert [f.split()[0] for f in outcome.failures] == ["grounding"]
+    # It states a number no evidence holds and cites none of the planted findings.
+    assert sorted(f.split()[0] for f in outcome.failures) == ["grounding", "planted_recall"]
+    assert outcome.scores["planted_recall"] == 0.0
     assert outcome.scores["steps_in_order"] == 1.0 and outcome.scores["report_sections"] == 1.0
+    assert outcome.scores["invented_rate"] == 0.0 and outcome.scores["guard_respected"] == 1.0
 
 
 def test_the_eval_command(home: Path) -> None:
