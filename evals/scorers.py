@@ -9,7 +9,7 @@ deliberately broken run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.entities import Feedback
 from mlflow.genai.scorers import scorer
@@ -100,45 +100,23 @@ def check_guard(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[
     return 1.0, f"{len(rejections)} rejected, and the narrative kept to the evidence"
 
 
-def _feedback(check: Any, outputs: Any, expectations: Any) -> Feedback:
-    value, rationale = check(outputs or {}, expectations or {})
-    return Feedback(value=round(float(value), 4), rationale=rationale)
+def _from_check(check: Any, name: str, worst: Literal["min", "max"]) -> Any:
+    """Return `check` as an mlflow scorer named `name`, aggregated by mean and `worst`."""
+
+    def score(outputs: Any, expectations: Any) -> Feedback:
+        value, rationale = check(outputs or {}, expectations or {})
+        return Feedback(value=round(float(value), 4), rationale=rationale)
+
+    score.__name__ = name
+    return scorer(name=name, description=check.__doc__, aggregations=["mean", worst])(score)
 
 
-@scorer(aggregations=["mean", "min"])
-def steps_in_order(outputs: Any, expectations: Any) -> Feedback:
-    """Every documented step ran, in order (1 or 0)."""
-    return _feedback(check_steps, outputs, expectations)
-
-
-@scorer(aggregations=["mean", "min"])
-def planted_recall(outputs: Any, expectations: Any) -> Feedback:
-    """Share of the planted findings reported."""
-    return _feedback(check_recall, outputs, expectations)
-
-
-@scorer(aggregations=["mean", "max"])
-def invented_rate(outputs: Any, expectations: Any) -> Feedback:
-    """Share of material findings nothing planted explains (lower is better)."""
-    return _feedback(check_invented, outputs, expectations)
-
-
-@scorer(aggregations=["mean", "min"])
-def grounding(outputs: Any, expectations: Any) -> Feedback:
-    """Share of the narrative's numbers that match the evidence."""
-    return _feedback(check_grounding, outputs, expectations)
-
-
-@scorer(aggregations=["mean", "min"])
-def report_sections(outputs: Any, expectations: Any) -> Feedback:
-    """The report has the focus area's sections, in order (1 or 0)."""
-    return _feedback(check_sections, outputs, expectations)
-
-
-@scorer(aggregations=["mean", "min"])
-def guard_respected(outputs: Any, expectations: Any) -> Feedback:
-    """No guard rejection was ignored (1 or 0)."""
-    return _feedback(check_guard, outputs, expectations)
+steps_in_order = _from_check(check_steps, "steps_in_order", "min")
+planted_recall = _from_check(check_recall, "planted_recall", "min")
+invented_rate = _from_check(check_invented, "invented_rate", "max")
+grounding = _from_check(check_grounding, "grounding", "min")
+report_sections = _from_check(check_sections, "report_sections", "min")
+guard_respected = _from_check(check_guard, "guard_respected", "min")
 
 
 @scorer(aggregations=["mean", "max"])

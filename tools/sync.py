@@ -61,7 +61,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONNECTOR_DIR = ROOT / "connector"
 # Where the SDK's tester lands tables (its fixed schema name) and keeps the state.
 LANDING_SCHEMA = "tester"
-REJECTED = "fpr_rejected_records"
 _TAIL = 40
 
 

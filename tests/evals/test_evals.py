@@ -15,6 +15,7 @@ import pytest
 from evals import scorers
 from evals.runner import evaluate, thresholds
 from evals.scenarios import SCENARIOS
+from graphs.areas import FOCUS_AREAS
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERALL = "overall-performance"
@@ -153,7 +154,7 @@ def test_a_rejection_followed_by_unverified_numbers_fails_the_guard_scorer() -> 
 def test_the_offline_analyst_passes_every_threshold(home: Path) -> None:
     outcomes, run_id = evaluate("offline")
     assert {(o.focus, o.scenario) for o in outcomes} == {
-        (f, s) for f in scorers_areas() for s in SCENARIOS
+        (f, s) for f in FOCUS_AREAS for s in SCENARIOS
     }
     assert [o for o in outcomes if o.failures] == []
     metrics = mlflow.get_run(run_id).data.metrics
@@ -195,12 +196,6 @@ def test_the_eval_command(home: Path) -> None:
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown scenario nope" in bad.stderr
-
-
-def scorers_areas() -> list[str]:
-    from graphs.areas import FOCUS_AREAS
-
-    return list(FOCUS_AREAS)
 
 
 def test_llm_judges_are_added_only_when_asked_for() -> None:
