@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tools.settings import current
@@ -53,6 +53,26 @@ class ModelSettings(BaseSettings):
     finmatch_openai_base_url: str | None = None
     finmatch_openai_api_key: SecretStr | None = None
     finmatch_openai_models: str = Field("", description="Comma-separated model names")
+    finmatch_import_models: str = Field(
+        "",
+        description="Comma-separated `import:package.module:factory` models to list with the "
+        "others (a model client of your own; any such name is accepted by a run regardless)",
+    )
+
+    @field_validator("finmatch_import_models")
+    @classmethod
+    def _import_specs(cls, value: str) -> str:
+        for spec in filter(None, (m.strip() for m in value.split(","))):
+            if not spec.startswith("import:") or spec.count(":") != 2:
+                raise ValueError(
+                    f"FINMATCH_IMPORT_MODELS lists {spec!r}; each entry must look like "
+                    "import:package.module:factory"
+                )
+        return value
+
+    def import_models(self) -> list[str]:
+        """Return the `import:` model names to list."""
+        return [m.strip() for m in self.finmatch_import_models.split(",") if m.strip()]
 
     def databricks_endpoints(self) -> dict[str, str]:
         """Return endpoint name -> invocation URL (or '') for each configured endpoint."""
@@ -97,6 +117,8 @@ def available_models(settings: ModelSettings | None = None) -> list[ModelSpec]:
                     f"openai:{model}", "openai", f"{model} at {settings.finmatch_openai_base_url}"
                 )
             )
+    for spec in settings.import_models():
+        specs.append(ModelSpec(spec, "import", f"Model built by {spec.removeprefix('import:')}"))
     return specs
 
 
