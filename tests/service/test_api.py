@@ -23,58 +23,13 @@ import httpx
 import pytest
 from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamEvent
 
-from tests.conftest import free_port
+from tests.conftest import Server
 from tools.metrics import Filters, dashboard
 from tools.warehouse import DuckDBWarehouse
 
 ROOT = Path(__file__).resolve().parents[2]
 GATED = "import:tests.graphs.scripted:gated"
 DATA_STEPS = 4  # Optimization Opportunities runs four data steps before the model step
-
-
-class Server:
-    """`finmatch serve` as a child process; restartable on the same home and warehouse."""
-
-    def __init__(self, tmp: Path, warehouse: Path, **env: str) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "FINMATCH_HOME": str(tmp / "home"),
-            "FINMATCH_WAREHOUSE": f"duckdb:///{warehouse}",
-            "FINMATCH_TEST_MARKER": str(tmp / "marker"),
-            "FINMATCH_TEST_GATE": str(tmp / "gate"),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.tmp / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.tmp / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("the service did not start in 60 s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
