@@ -17,14 +17,19 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint format bench clean connector-env sync source-api eval
+# The dashboard's browser test drives Debian's Chromium through Playwright (no browser
+# download); installed from the distribution's packages when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test lint format bench clean connector-env sync source-api eval app
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --extra app --python $(PYTHON)
 	touch $@
 
 $(CONNECTOR_VENV)/.installed: connector/runner.lock | $(UV)
@@ -45,6 +50,11 @@ source-api: $(VENV)/.installed
 eval: $(VENV)/.installed
 	$(BIN)/finmatch eval
 
+# The dashboard and an agent endpoint of its own, offline on the embedded warehouse.
+app: $(VENV)/.installed
+	$(BIN)/finmatch seed --if-empty
+	$(BIN)/finmatch app
+
 demo: $(VENV)/.installed
 	$(BIN)/finmatch seed --if-empty
 	$(BIN)/finmatch analyze --focus all
@@ -54,7 +64,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(CONNECTOR_VENV)/.installed
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
+	  || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+test: lint $(CONNECTOR_VENV)/.installed $(CHROMIUM)
 	$(BIN)/pytest
 
 format: $(VENV)/.installed

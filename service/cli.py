@@ -484,6 +484,86 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Run the agent endpoint and the dashboard together until interrupted."""
+    import importlib.util
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    main_script = importlib.util.find_spec("app.main")
+    if main_script is None or main_script.origin is None:
+        raise CliError("the dashboard (app/main.py) is not installed with this project")
+    env = dict(os.environ)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        url = args.service_url
+        if not url:
+            url = f"http://127.0.0.1:{args.service_port}"
+            serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(args.service_port)]
+            if args.warehouse:
+                serve += ["--warehouse", args.warehouse]
+            children.append(("agent endpoint", subprocess.Popen(serve, env=env)))
+            _err(f"starting the agent endpoint on {url} ...")
+            deadline = time.monotonic() + 60
+            while True:
+                code = children[0][1].poll()
+                if code is not None:
+                    raise CliError(
+                        f"the agent endpoint exited with code {code} before it was ready "
+                        f"(its message is above); is port {args.service_port} taken? Choose "
+                        "another with --service-port."
+                    )
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise CliError(f"the agent endpoint did not answer at {url} within 60 s")
+                time.sleep(0.2)  # waiting for the child to bind its port
+        env["FINMATCH_SERVICE_URL"] = url
+        dashboard = [
+            sys.executable, "-m", "streamlit", "run", main_script.origin,
+            "--server.address", args.host, "--server.port", str(args.port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer",
+        ]  # fmt: skip
+        children.append(("dashboard", subprocess.Popen(dashboard, env=env)))
+        _err(
+            f"FinMatch dashboard on http://{args.host}:{args.port} (agent endpoint {url}); "
+            "Ctrl-C stops it"
+        )
+        pid, status = os.wait()  # until one of them exits
+        name = next(n for n, p in children if p.pid == pid)
+        code = os.waitstatus_to_exitcode(status)
+        for _, p in children:
+            if p.pid == pid:
+                p.returncode = code
+        raise CliError(f"the {name} exited with code {code}; the other was stopped too")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for _, p in reversed(children):
+            if p.poll() is None:
+                p.terminate()
+        for _, p in children:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def cmd_source_api(args: argparse.Namespace) -> int:
     """Serve the synthetic FPR source API with uvicorn until interrupted."""
     import duckdb
@@ -714,6 +794,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "app",
+        parents=[common],
+        help="run the dashboard (Streamlit) with an agent endpoint of its own",
+        description="Start `finmatch serve` on 127.0.0.1 (unless --service-url names one) and "
+        "the Streamlit dashboard that talks to it; Ctrl-C stops both.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    p.add_argument(
+        "--service-port", type=int, default=8000, help="agent endpoint port (default 8000)"
+    )
+    p.add_argument(
+        "--service-url",
+        help="use this running agent endpoint instead of starting one (its key: "
+        "FINMATCH_SERVICE_API_KEY)",
+    )
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(
         "eval",

@@ -1,0 +1,1 @@
+"""The FinMatch dashboard: a Streamlit client of the agent endpoint (`make app`)."""
