@@ -61,6 +61,7 @@ class Service:
             "FINMATCH_MAX_CONCURRENT_RUNS": str(workers),
             "FINMATCH_TRACING": "true" if tracing else "false",
             "FINMATCH_BENCH_DELAY_S": str(delay),
+            "FINMATCH_IMPORT_MODELS": MODEL,
             "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }

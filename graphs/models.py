@@ -56,7 +56,7 @@ class ModelSettings(BaseSettings):
     finmatch_import_models: str = Field(
         "",
         description="Comma-separated `import:package.module:factory` models to list with the "
-        "others (a model client of your own; any such name is accepted by a run regardless)",
+        "others (a model client of your own); the endpoint runs no other `import:` model",
     )
 
     @field_validator("finmatch_import_models")
@@ -122,10 +122,16 @@ def available_models(settings: ModelSettings | None = None) -> list[ModelSpec]:
     return specs
 
 
-def check_model(name: str, settings: ModelSettings | None = None) -> str:
-    """Return `name` if a run can use it, else raise UnknownModel naming the choices."""
+def check_model(
+    name: str, settings: ModelSettings | None = None, *, any_import: bool = True
+) -> str:
+    """Return `name` if a run can use it, else raise UnknownModel naming the choices.
+
+    An `import:` name runs code of this machine's choosing: the command line accepts any,
+    a request from outside (`any_import=False`) only those in FINMATCH_IMPORT_MODELS.
+    """
     settings = settings or current(ModelSettings)
-    if name.startswith("import:"):
+    if name.startswith("import:") and (any_import or name in settings.import_models()):
         return name
     if name.startswith("openai:") and settings.finmatch_openai_base_url:
         return name

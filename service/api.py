@@ -441,7 +441,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
                 422, f"Unknown focus area {body.focus_area!r}; choose one of: {', '.join(choices)}"
             )
         try:
-            check_model(body.model)
+            check_model(body.model, any_import=False)
         except UnknownModel as e:
             raise _fail(422, str(e)) from e
         run = await queue_run(request, body.focus_area, body.model, body.filters, body.question)

@@ -147,9 +147,11 @@ class RunManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        else:  # still queued: the worker that takes it will skip it
+        run = await self._get(run_id)
+        if run.status not in TERMINAL:  # still queued, or cancelled before it could start
             await self._finish(run_id, "cancelled")
-        return await self._get(run_id)
+            run = await self._get(run_id)
+        return run
 
     async def resume(self, run_id: str) -> RunRecord:
         """Queue a failed or cancelled run again; it continues from its last finished step."""
@@ -181,7 +183,10 @@ class RunManager:
             for event in events:
                 yield event
                 after = event.seq
-            if events and events[-1].type == "end":
+            # Done when the last event is the run's `end` and the run has not been resumed
+            # since; that includes a client reconnecting with the `end` as Last-Event-ID.
+            last = events[-1] if events else await self._event_at(run_id, after)
+            if last is not None and last.type == "end":
                 run = await self.io(self.store.get, run_id, False)
                 if run is not None and run.status in TERMINAL:
                     return
@@ -202,6 +207,13 @@ class RunManager:
         return await self.io(self.store.events, run_id, after)
 
     # -- internals ---------------------------------------------------------------------
+    async def _event_at(self, run_id: str, seq: int) -> Event | None:
+        """Return the run's event number `seq`, if it has one."""
+        if seq < 1:
+            return None
+        events = await self.io(self.store.events, run_id, seq - 1)
+        return events[0] if events and events[0].seq == seq else None
+
     async def _get(self, run_id: str) -> RunRecord:
         run = await self.io(self.store.get, run_id, False)
         if run is None:
@@ -289,8 +301,6 @@ class RunManager:
     async def _execute(self, run: RunRecord) -> None:
         attempt = run.attempts + 1
         started = {"status": "running", "started_at": time.time(), "attempts": attempt}
-        await self.io(self.store.update, run.id, started)
-        await self._event(run.id, "status", {"status": "running", "attempt": attempt})
         context = Context(model=run.model, warehouse=self.warehouse, **run.filters)
 
         def on_event(chunk: dict[str, Any]) -> None:
@@ -309,6 +319,8 @@ class RunManager:
             )
 
         try:
+            await self.io(self.store.update, run.id, started)
+            await self._event(run.id, "status", {"status": "running", "attempt": attempt})
             try:
                 result = await go(resume=run.attempts > 0)
             except ThreadError:  # stopped before its first checkpoint: start it afresh

@@ -54,7 +54,7 @@ def understand(request: ResponsesAgentRequest) -> tuple[str, str, dict[str, Any]
         raise ValueError(
             f"Unknown focus area {focus!r}; choose one of: {', '.join([*FOCUS_AREAS, ALL])}"
         )
-    model = check_model(str(custom.get("model", "offline")))
+    model = check_model(str(custom.get("model", "offline")), any_import=False)
     filters = dict(custom.get("filters") or {})
     if not custom.get("filters"):
         for key, vocabulary in (

@@ -23,6 +23,10 @@ from tools.ingest import seed_table
 from tools.warehouse import DuckDBWarehouse
 
 ROOT = Path(__file__).resolve().parents[1]
+# The scripted models of tests/graphs/scripted.py a served run may use.
+SCRIPTED_MODELS = ",".join(
+    f"import:tests.graphs.scripted:{name}" for name in ("gated", "failing", "hanging", "current")
+)
 
 
 def free_port() -> int:
@@ -49,6 +53,7 @@ class Server:
             "FINMATCH_WAREHOUSE": f"duckdb:///{warehouse}",
             "FINMATCH_TEST_MARKER": str(tmp / "marker"),
             "FINMATCH_TEST_GATE": str(tmp / "gate"),
+            "FINMATCH_IMPORT_MODELS": SCRIPTED_MODELS,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
             **env,

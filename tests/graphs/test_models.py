@@ -26,3 +26,11 @@ def test_a_malformed_import_model_is_refused_naming_it() -> None:
 def test_an_unknown_model_names_the_choices() -> None:
     with pytest.raises(UnknownModel, match="offline"):
         check_model("gpt-9", ModelSettings())
+
+
+def test_a_request_may_use_only_the_listed_import_models() -> None:
+    listed = ModelSettings(finmatch_import_models=GATED)
+    assert check_model(GATED, listed, any_import=False) == GATED
+    with pytest.raises(UnknownModel, match="'import:os:system'"):
+        check_model("import:os:system", listed, any_import=False)
+    assert check_model("import:os:system", listed) == "import:os:system"  # the command line

@@ -132,6 +132,8 @@ def test_a_run_from_start_to_report_with_its_event_stream(
     # the end gets the whole story again.
     assert read_events(server.url, run_id, last=3) == events[3:]
     assert read_events(server.url, run_id) == events
+    # One that reconnects with the `end` as its last event is done: the stream closes.
+    assert read_events(server.url, run_id, last=events[-1]["id"]) == []
 
 
 def user(text: str) -> dict[str, Any]:
