@@ -19,7 +19,7 @@ export DO_NOT_TRACK := 1
 
 # The dashboard's browser test drives Debian's Chromium through Playwright (no browser
 # download); installed from the distribution's packages when missing.
-CHROMIUM := /usr/bin/chromium
+CHROMIUM ?= $(or $(FINMATCH_TEST_CHROMIUM),/usr/bin/chromium)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint format bench clean connector-env sync source-api eval app

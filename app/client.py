@@ -10,7 +10,7 @@ the steps as they finish without blocking its script.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,11 @@ class AppSettings(BaseSettings):
 
 class ServiceError(Exception):
     """The endpoint could not answer the request; the message says why and what to do."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        """`status` is the HTTP status when the endpoint answered with an error."""
+        super().__init__(message)
+        self.status = status
 
 
 class ServiceDown(ServiceError):
@@ -92,14 +97,21 @@ class Service:
                 "`finmatch serve` (or `make app`), or set FINMATCH_SERVICE_URL to where it runs."
             ) from e
         if r.status_code >= 400:
-            raise ServiceError(problem(r, method, path))
-        return r.json()
+            error = Refused if r.status_code < 500 else ServiceError
+            raise error(problem(r, method, path), r.status_code)
+        try:
+            return r.json()
+        except ValueError as e:
+            raise ServiceError(
+                f"{self.url} answered {method} {path} with something other than JSON; is "
+                "FINMATCH_SERVICE_URL the agent endpoint (finmatch serve)?"
+            ) from e
 
     # -- routes ------------------------------------------------------------------------
     def health(self) -> bool:
-        """Whether the endpoint answers at all."""
+        """Whether the endpoint answers at all (within two seconds)."""
         try:
-            self._call("GET", "/health")
+            self._call("GET", "/health", timeout=2.0)
         except ServiceError:
             return False
         return True
@@ -165,26 +177,50 @@ class Service:
         result: dict[str, Any] = self._call("GET", "/runs", params=params)
         return result
 
-    def events(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+    def events(
+        self, run_id: str, after: int = 0, opened: Callable[[httpx.Client], None] | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Yield the run's events after number `after` while the connection lasts.
 
         The endpoint closes the stream once the run has ended; a resumed run's earlier
-        `end` is followed by its new events on the same stream.
+        `end` is followed by its new events on the same stream. `opened` gets the stream's
+        client once the endpoint has accepted it (closing that client ends the stream).
         """
         headers = {**self.headers, "Last-Event-ID": str(after)} if after else self.headers
-        # No read timeout: between events the endpoint sends a keep-alive comment.
-        timeout = httpx.Timeout(self.timeout_s, read=None)
+        # The endpoint sends a keep-alive comment every 15 s: a connection quiet for
+        # three of those is dead (a laptop asleep, a dropped NAT entry).
+        timeout = httpx.Timeout(self.timeout_s, read=max(self.timeout_s, 45.0))
+        try:
+            yield from self._events(run_id, headers, timeout, opened)
+        except httpx.TransportError as e:
+            raise ServiceDown(
+                f"The agent endpoint at {self.url} cannot be reached or dropped the run's "
+                f"events ({e or type(e).__name__})."
+            ) from e
+
+    def _events(
+        self,
+        run_id: str,
+        headers: dict[str, str],
+        timeout: httpx.Timeout,
+        opened: Callable[[httpx.Client], None] | None,
+    ) -> Iterator[dict[str, Any]]:
         with httpx.Client(base_url=self.url, timeout=timeout) as http:
             with connect_sse(http, "GET", f"/runs/{run_id}/events", headers=headers) as source:
                 status = source.response.status_code
                 if status >= 400:
                     source.response.read()
                     error = Refused if status < 500 else ServiceError
-                    raise error(problem(source.response, "GET", f"/runs/{run_id}/events"))
+                    raise error(problem(source.response, "GET", f"/runs/{run_id}/events"), status)
+                if opened is not None:
+                    opened(http)
                 for sse in source.iter_sse():
                     if not sse.data:  # the `retry:` advice and keep-alives carry no event
                         continue
-                    yield {"seq": int(sse.id) if sse.id else 0, "type": sse.event, **sse.json()}
+                    data = sse.json()
+                    if not isinstance(data, dict):
+                        raise ValueError(f"event {sse.id} is not a JSON object: {sse.data[:100]}")
+                    yield {"seq": int(sse.id) if sse.id else 0, "type": sse.event, **data}
 
 
 def problem(r: httpx.Response, method: str, path: str) -> str:
@@ -205,9 +241,10 @@ def problem(r: httpx.Response, method: str, path: str) -> str:
 class Follower:
     """Follows one run's event stream in a daemon thread; the page reads what arrived.
 
-    Connection lost: it reconnects after `retry_s` with the number of the last event it
-    has, so nothing is missed or repeated, and says so in `connection`; it gives up after
-    `attempts` failures in a row.
+    Connection lost: it reconnects with the number of the last event it has (so nothing
+    is missed or repeated), waiting a little longer after each failure in a row, and says
+    so in `connection` until the endpoint takes the stream again; it gives up after
+    `attempts` failures in a row, or at once when the endpoint refuses the stream (4xx).
     """
 
     service: Service
@@ -219,55 +256,78 @@ class Follower:
     connection: str = ""  # empty while connected; else what went wrong
     done: bool = False
     _thread: threading.Thread | None = None
+    _http: httpx.Client | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Follower:
         """Start following; returns self."""
         self._thread = threading.Thread(
-            target=self._follow, name=f"finmatch-follow-{self.run_id}", daemon=True
+            target=self._run, name=f"finmatch-follow-{self.run_id}", daemon=True
         )
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop following (the run itself goes on)."""
+        """Stop following now (the run itself goes on)."""
         self._stop.set()
+        with self._lock:
+            http, self.done = self._http, True
+        if http is not None:
+            http.close()  # ends a read that is waiting for the next event
 
     def snapshot(self) -> tuple[list[dict[str, Any]], str, bool]:
-        """The events so far, the connection problem (if any) and whether the stream ended."""
+        """The events so far, the connection problem (if any) and whether following ended."""
         with self._lock:
             return list(self.events), self.connection, self.done
+
+    def _opened(self, http: httpx.Client) -> None:
+        with self._lock:
+            self._http, self.connection = http, ""
+
+    def _ended(self) -> bool:
+        return bool(self.events) and self.events[-1]["type"] == "end"
+
+    def _run(self) -> None:
+        try:
+            self._follow()
+        except Exception as e:  # noqa: BLE001 - whatever it was, the page must not wait forever
+            with self._lock:
+                self.connection, self.done = f"Stopped following the run: {e}", True
 
     def _follow(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                for event in self.service.events(self.run_id, self.after):
+                for event in self.service.events(self.run_id, self.after, self._opened):
                     with self._lock:
                         self.events.append(event)
                         self.after = max(self.after, event["seq"])
-                        self.connection = ""
                     failures = 0
-                    if self._stop.is_set():
-                        return
-                with self._lock:
-                    if self.events and self.events[-1]["type"] == "end":
+                if self._ended():  # the endpoint closed the stream after the run's end
+                    with self._lock:
                         self.done = True
-                        return
+                    return
                 raise ServiceError("the stream closed before the run ended")
             except Refused as e:
                 with self._lock:
                     self.connection, self.done = f"Cannot follow the run: {e}", True
                 return
             except (ServiceError, httpx.HTTPError, ValueError) as e:
+                if self._stop.is_set():
+                    return
+                if self._ended():  # lost only the close that follows the end
+                    with self._lock:
+                        self.done = True
+                    return
                 failures += 1
                 with self._lock:
+                    self._http = None
                     if failures >= self.attempts:
                         self.connection = f"Stopped following the run: {e}"
                         self.done = True
                         return
                     self.connection = f"Connection to the run's events lost ({e}); reconnecting."
-                # Waiting between reconnects, as an SSE client does (the stream's `retry`).
+                # A pause before reconnecting, longer after each failure in a row.
                 if self._stop.wait(min(self.retry_s * failures, 10.0)):
                     return

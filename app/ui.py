@@ -62,7 +62,8 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def _scope_values(url: str, _service: Service) -> dict[str, list[str]]:
+def scope_values(url: str, _service: Service) -> dict[str, list[str]]:
+    """The values the scope filters offer, from the unscoped distributions."""
     dist = _service.metrics({})["distributions"]["rows"]
     return {
         key: sorted(r["value"] for r in dist if r["dimension"] == dimension)
@@ -79,7 +80,7 @@ def focus_areas(url: str, _service: Service) -> list[dict[str, Any]]:
 def scope_filters(prefix: str, *, container: Any = None) -> dict[str, Any]:
     """Widgets for the scope (segment, stage, product type, dates); return what is set."""
     client = service()
-    values = call(_scope_values, client.url, client)
+    values = call(scope_values, client.url, client)
     box = container or st
     cols = box.columns(5)
     chosen: dict[str, Any] = {}

@@ -287,6 +287,14 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         await manager.start()
         app.state.manager = manager
         app.state.allowed = None
+        loop = asyncio.get_running_loop()
+
+        def begin_shutdown() -> None:
+            # Stop the runs now, so their end events reach the open event streams and
+            # those close, instead of the server waiting for streams that never end.
+            app.state.stopping = loop.create_task(manager.stop())
+
+        app.state.request_shutdown = lambda: loop.call_soon_threadsafe(begin_shutdown)
         try:
             yield
         finally:

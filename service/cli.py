@@ -480,8 +480,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(e), EXIT_USAGE) from e
     _err(f"FinMatch agent endpoint on http://{args.host}:{args.port} (docs: /docs)")
     app = create_app(settings, warehouse=args.warehouse or "")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            request_shutdown = getattr(app.state, "request_shutdown", None)
+            if request_shutdown is not None:  # the runs stop first; then the streams end
+                request_shutdown()
+
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30
+    )
+    Server(config).run()
     return 0
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:`port`."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -494,11 +517,31 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     import httpx
 
+    from service.api import ServiceSettings
+
     main_script = importlib.util.find_spec("app.main")
     if main_script is None or main_script.origin is None:
         raise CliError("the dashboard (app/main.py) is not installed with this project")
+    if args.service_url and args.warehouse:
+        raise CliError(
+            "--warehouse is for the endpoint `finmatch app` starts; the one at --service-url "
+            "reads its own warehouse",
+            EXIT_USAGE,
+        )
+    ports = [(args.port, "--port")] + (
+        [] if args.service_url else [(args.service_port, "--service-port")]
+    )
+    for port, option in ports:
+        if _port_taken(port):
+            raise CliError(f"port {port} is taken on this machine; choose another with {option}")
     env = dict(os.environ)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        # A session of its own: Ctrl-C reaches this process only, which stops both in order.
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+        children.append((name, child))
+        return child
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -508,19 +551,21 @@ def cmd_app(args: argparse.Namespace) -> int:
         url = args.service_url
         if not url:
             url = f"http://127.0.0.1:{args.service_port}"
+            keys = ServiceSettings().keys()
+            if keys and not env.get("FINMATCH_SERVICE_API_KEY"):
+                env["FINMATCH_SERVICE_API_KEY"] = keys[0]
             serve = [sys.executable, "-m", "service.cli", "serve", "--port", str(args.service_port)]
-            if args.warehouse:
-                serve += ["--warehouse", args.warehouse]
-            children.append(("agent endpoint", subprocess.Popen(serve, env=env)))
+            endpoint = start(
+                "agent endpoint",
+                serve + (["--warehouse", args.warehouse] if args.warehouse else []),
+            )
             _err(f"starting the agent endpoint on {url} ...")
             deadline = time.monotonic() + 60
             while True:
-                code = children[0][1].poll()
-                if code is not None:
+                if endpoint.poll() is not None:
                     raise CliError(
-                        f"the agent endpoint exited with code {code} before it was ready "
-                        f"(its message is above); is port {args.service_port} taken? Choose "
-                        "another with --service-port."
+                        f"the agent endpoint exited with code {endpoint.returncode} before it "
+                        "was ready (its message is above)"
                     )
                 try:
                     if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -531,37 +576,41 @@ def cmd_app(args: argparse.Namespace) -> int:
                     raise CliError(f"the agent endpoint did not answer at {url} within 60 s")
                 time.sleep(0.2)  # waiting for the child to bind its port
         env["FINMATCH_SERVICE_URL"] = url
-        dashboard = [
+        start("dashboard", [
             sys.executable, "-m", "streamlit", "run", main_script.origin,
             "--server.address", args.host, "--server.port", str(args.port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--client.toolbarMode", "viewer",
-        ]  # fmt: skip
-        children.append(("dashboard", subprocess.Popen(dashboard, env=env)))
+        ])  # fmt: skip
         _err(
             f"FinMatch dashboard on http://{args.host}:{args.port} (agent endpoint {url}); "
-            "Ctrl-C stops it"
+            "open it in a browser. Ctrl-C stops it"
         )
-        pid, status = os.wait()  # until one of them exits
-        name = next(n for n, p in children if p.pid == pid)
-        code = os.waitstatus_to_exitcode(status)
-        for _, p in children:
-            if p.pid == pid:
-                p.returncode = code
-        raise CliError(f"the {name} exited with code {code}; the other was stopped too")
+        while True:  # until one of them exits
+            pid, status = os.wait()
+            for name, child in children:
+                if child.pid == pid:
+                    child.returncode = os.waitstatus_to_exitcode(status)
+                    raise CliError(
+                        f"the {name} exited with code {child.returncode}; the other was stopped too"
+                    )
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        for _, p in reversed(children):
-            if p.poll() is None:
-                p.terminate()
-        for _, p in children:
+        # Stop both whatever else arrives meanwhile (a second Ctrl-C, another SIGTERM).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for _, child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for _, child in children:
             try:
-                p.wait(timeout=30)
+                child.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                child.kill()
+                child.wait()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_source_api(args: argparse.Namespace) -> int:
@@ -804,10 +853,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
-    p.add_argument(
+    endpoint = p.add_mutually_exclusive_group()
+    endpoint.add_argument(
         "--service-port", type=int, default=8000, help="agent endpoint port (default 8000)"
     )
-    p.add_argument(
+    endpoint.add_argument(
         "--service-url",
         help="use this running agent endpoint instead of starting one (its key: "
         "FINMATCH_SERVICE_API_KEY)",

@@ -76,6 +76,7 @@ class RunManager:
         self._stack = contextlib.AsyncExitStack()
         self._saver: Any = None
         self._stopping = False
+        self._stopped: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,7 +92,16 @@ class RunManager:
         ]
 
     async def stop(self) -> None:
-        """Stop the workers; running runs stop at their next step and stay resumable."""
+        """Stop the workers; running runs stop at their next step and stay resumable.
+
+        Safe to call more than once (on the first signal, then at shutdown): all wait for
+        the same stop. Event streams end once they have sent what there is.
+        """
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
         self._stopping = True
         for task in list(self._tasks.values()):
             task.cancel()
@@ -100,6 +110,8 @@ class RunManager:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        for run_id in list(self._changed):  # followers: nothing more is coming
+            self._notify(run_id)
         await self._stack.aclose()
         self._io_pool.shutdown(wait=True)
 
@@ -185,6 +197,8 @@ class RunManager:
                 after = event.seq
             # Done when the last event is the run's `end` and the run has not been resumed
             # since; that includes a client reconnecting with the `end` as Last-Event-ID.
+            if self._stopping and not events:  # the service is going down
+                return
             last = events[-1] if events else await self._event_at(run_id, after)
             if last is not None and last.type == "end":
                 run = await self.io(self.store.get, run_id, False)

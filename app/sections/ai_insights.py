@@ -12,9 +12,10 @@ from typing import Any
 import streamlit as st
 
 from app import ui
-from app.client import Follower
+from app.client import Follower, ServiceError
 
 ALL = "all"
+PORTFOLIO_STEPS = 2  # an 'all' run's own: Portfolio Data Preparation, Executive Summary
 
 
 def follow(client: Any, run: dict[str, Any], events: list[dict[str, Any]] | None = None) -> None:
@@ -31,13 +32,13 @@ def follow(client: Any, run: dict[str, Any], events: list[dict[str, Any]] | None
 
 
 def total_steps(areas: dict[str, dict[str, Any]], focus: str) -> int:
-    """Steps a run of `focus` goes through (the four areas and the summary for 'all')."""
+    """Steps a run of `focus` goes through (for 'all': the four areas and its own two)."""
     if focus == ALL:
-        return sum(len(a["steps"]) for a in areas.values()) + 1
+        return sum(len(a["steps"]) for a in areas.values()) + PORTFOLIO_STEPS
     return len(areas[focus]["steps"])
 
 
-def progress(events: list[dict[str, Any]], total: int) -> tuple[list[dict[str, Any]], Any]:
+def progress(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
     """The finished steps and the step under way (if any) from a run's events."""
     finished = [e for e in events if e["type"] == "step_finish"]
     done = {(e.get("focus_area"), e["step"]) for e in finished}
@@ -85,26 +86,46 @@ run: dict[str, Any] | None = st.session_state.get("insights_run")
 follower: Follower | None = st.session_state.get("insights_follower")
 events, connection, ended = follower.snapshot() if follower else ([], "", True)
 live = follower is not None and not ended
-end = next((e for e in reversed(events) if e["type"] == "end"), None)
-resumable = (
-    run is not None and not live and end is not None and end["status"] in ("failed", "cancelled")
-)
+# Once the stream has ended, what the endpoint has recorded decides what can be done.
+outcome = ui.call(client.run, run["id"]) if run is not None and not live else None
+if outcome is not None:
+    st.session_state["insights_run"] = run = outcome
+resumable = outcome is not None and outcome["status"] in ("failed", "cancelled")
+unfollowed = outcome is not None and outcome["status"] in ("queued", "running")
+
+
+def act(action: Any, run_id: str) -> dict[str, Any] | None:
+    """Cancel or resume; None when the run changed state meanwhile (409: show it as it is)."""
+    try:
+        result: dict[str, Any] = action(run_id)
+    except ServiceError as e:
+        if e.status == 409:
+            return None
+        ui.fail(e)
+    return result
+
 
 start_col, stop_col, resume_col, _ = st.columns([1, 1, 1, 5])
 if start_col.button(
-    "Start", type="primary", icon=":material/play_arrow:", disabled=live, key="insights_start"
-):
+    "Start", type="primary", icon=":material/play_arrow:", disabled=live or unfollowed,
+    key="insights_start",
+):  # fmt: skip
     follow(client, ui.call(client.start_run, focus, model, filters, question))
     st.rerun()
-stop = stop_col.button("Stop", icon=":material/stop:", disabled=not live, key="insights_stop")
+stop = stop_col.button(
+    "Stop", icon=":material/stop:", disabled=not (live or unfollowed), key="insights_stop"
+)
 if stop and run is not None:
-    ui.call(client.cancel, run["id"])
+    act(client.cancel, run["id"])
+    if follower is not None and not live:  # follow it to its end again
+        follow(client, run, events)
     st.rerun()
 resume = resume_col.button(
     "Resume", icon=":material/replay:", disabled=not resumable, key="insights_resume"
 )
 if resume and run is not None:
-    follow(client, ui.call(client.resume, run["id"]), events)
+    resumed = act(client.resume, run["id"])
+    follow(client, resumed or run, events)
     st.rerun()
 
 if run is None:
@@ -118,7 +139,7 @@ def watch() -> None:
     assert follower is not None and run is not None
     events, connection, ended = follower.snapshot()
     total = total_steps(areas, run["focus_area"])
-    finished, running = progress(events, total)
+    finished, running = progress(events)
     status = next((e["status"] for e in reversed(events) if "status" in e), run["status"])
     st.markdown(
         f"{ui.STATUS_ICON.get(status, '')} **{names.get(run['focus_area'], run['focus_area'])}** "
@@ -130,17 +151,13 @@ def watch() -> None:
     ui.step_lines(finished, running if not ended else None)
     if connection:
         st.warning(connection, icon=":material/cloud_off:")
-    mark = (run["id"], len(events))
-    if ended and live and st.session_state.get("insights_shown") != mark:
-        st.session_state["insights_shown"] = mark
-        st.rerun()  # the whole page: buttons and the outcome below
+    if ended and live:
+        st.rerun()  # the whole page: the buttons and the outcome below
 
 
 watch()
-if live:
+if outcome is None:
     st.stop()
-outcome = ui.call(client.run, run["id"])
-st.session_state["insights_run"] = outcome
 if outcome["status"] == "succeeded" and outcome.get("result"):
     st.success(f"Finished in {len(outcome['steps'])} steps.", icon=":material/check_circle:")
     ui.report_view(outcome["result"], f"insights_{outcome['id']}")
@@ -157,8 +174,12 @@ elif outcome["status"] == "cancelled":
         "one without redoing them.",
         icon=":material/stop_circle:",
     )
-elif outcome["status"] in ("queued", "running"):
+elif unfollowed:
     st.info(
-        "The endpoint still has this run under way, but its event stream ended here. "
-        "Open it from Insights History to see it finish."
+        f"The endpoint still has this run {outcome['status']}, but its event stream was "
+        "lost here. Follow it again to see it finish (or Stop it).",
+        icon=":material/cloud_off:",
     )
+    if st.button("Follow again", icon=":material/sync:", key="insights_follow"):
+        follow(client, outcome, events)
+        st.rerun()

@@ -47,6 +47,7 @@ head, refresh = st.columns([6, 1])
 with refresh:
     if st.button("Refresh", icon=":material/refresh:", key="metrics_refresh"):
         load.clear()
+        ui.scope_values.clear()
 with head:
     filters = ui.scope_filters("metrics")
 data = ui.call(load, client.url, filters, client)

@@ -32,7 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, warehouse_file: Path) -> It
         tmp_path_factory.mktemp("app-svc"),
         warehouse_file,
         FINMATCH_TRACING="false",
-        FINMATCH_IMPORT_MODELS=f"{GATED},{FAILING}",
     )
     srv.start()
     yield srv

@@ -52,7 +52,7 @@ def test_app_starts_an_endpoint_and_the_dashboard_and_stops_both(
     assert not up(f"{service}/health") and not up(f"{dashboard}/_stcore/health")
 
 
-def test_app_says_when_the_endpoint_port_is_taken(tmp_path: Path) -> None:
+def test_app_says_when_a_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -64,4 +64,6 @@ def test_app_says_when_the_endpoint_port_is_taken(tmp_path: Path) -> None:
             env={**os.environ, "FINMATCH_HOME": str(tmp_path / "home")},
         )  # fmt: skip
     assert done.returncode == 1
-    assert f"is port {port} taken? Choose another with --service-port" in done.stderr
+    assert (
+        f"port {port} is taken on this machine; choose another with --service-port" in done.stderr
+    )

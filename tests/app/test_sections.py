@@ -61,6 +61,7 @@ def until(at: AppTest, check: Callable[[AppTest], bool], timeout: float = 60) ->
         if time.monotonic() > deadline:
             shown = [m.value for m in at.markdown] + [e.value for e in at.error]
             raise AssertionError(f"not reached in {timeout} s; the page shows {shown}")
+        time.sleep(0.1)  # the page's own redraw interval is 0.5 s
 
 
 def texts(at: AppTest) -> list[str]:
@@ -129,7 +130,6 @@ def test_a_run_starts_shows_each_step_with_its_numbers_then_the_report(
     assert f"**Agent solution**\n\n{area['agent_solution']}" in texts(at)
     assert at.selectbox(key="insights_model").options[0].startswith("offline")
     at.button(key="insights_start").click().run()
-    assert at.button(key="insights_stop").disabled is False
     until(at, has_report)
 
     run_id = at.session_state["insights_run"]["id"]
@@ -146,6 +146,18 @@ def test_a_run_starts_shows_each_step_with_its_numbers_then_the_report(
     assert [e["sql"] for e in report["evidence"]] == evidence_sql
     assert at.button(key="insights_start").disabled is False
     assert at.button(key="insights_resume").disabled is True
+
+
+def test_all_four_areas_show_every_step_and_the_summary(app: AppTest) -> None:
+    at = page(app, "ai_insights")
+    at.selectbox(key="insights_focus_area").set_value("all").run()
+    at.button(key="insights_start").click().run()
+    until(at, has_report)
+    total = len(at.session_state["insights_run"]["steps"])
+    assert total == 25 == len(step_lines(at))  # 4 areas' 23 steps, preparation, summary
+    assert at.get("progress")[0].proto.text == f"{total} of {total} steps · succeeded"
+    assert "FinMatch portfolio — executive summary" in [s.value for s in at.subheader]
+    assert len(at.tabs) == 4
 
 
 def test_stop_cancels_the_run_and_resume_finishes_it_without_redoing_steps(
@@ -186,7 +198,11 @@ def test_a_failed_run_is_said_plainly_and_can_be_resumed(app: AppTest) -> None:
     until(at, lambda at: bool(at.error))
     assert at.error[0].value.startswith("**The run failed:**")
     assert "Resume continues from the step that failed" in at.error[0].value
-    assert at.button(key="insights_resume").disabled is False
+    run_id = at.session_state["insights_run"]["id"]
+    at.button(key="insights_resume").click().run()  # fails again, at the same step
+    until(at, lambda at: bool(at.error) and at.session_state["insights_run"]["attempts"] == 2)
+    assert at.error[0].value.startswith("**The run failed:**")
+    assert at.session_state["insights_run"]["id"] == run_id
     # The app keeps working: another section still answers.
     page(at, "metrics")
     assert at.metric
