@@ -136,7 +136,9 @@ async def gather(
                 with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
                     ev = await asyncio.to_thread(batch.run, j)
                     if s is not None:
-                        s.set_outputs({"row_count": ev.row_count, "sql": ev.sql})
+                        s.set_outputs(
+                            {"row_count": ev.row_count, "sql": ev.sql, "cached": ev.cached}
+                        )
                 found[position] = {"id": None, "request": key, **ev.model_dump(mode="json")}
         finally:
             batch.close()

@@ -30,3 +30,8 @@ class Evidence(BaseModel):
         "roll-up's). `sql` run on its own gives the same rows.",
     )
     warehouse: str = Field("", description="URL of the warehouse that answered")
+    cached: bool = Field(
+        False,
+        description="True when the rows were computed earlier, by the same statement on the "
+        "same unchanged data, and reused (`elapsed_ms` is that earlier run's)",
+    )

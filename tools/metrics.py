@@ -16,6 +16,11 @@ Three kinds of metric:
   warehouse's snapshot when it is current and the scope allows, else the same definition
   computed from the records.
 - the rest are single statements over the records (correlations, trends).
+
+A warehouse whose data cannot change while it is open (the embedded one: its file is
+opened read-only and DuckDB locks writers out) keeps results (`Warehouse.results`); a
+metric asked again with the same parameters and scope is answered from them, marked
+`cached`, with no query.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -695,7 +700,31 @@ def run_metric(
 ) -> Evidence:
     """Run one catalog metric in the warehouse and return its Evidence."""
     metric = get_metric(metric_id)
-    return _run_alone(warehouse, metric, filters or Filters(), metric.bind(params), timeout_s)
+    filters, bound = filters or Filters(), metric.bind(params)
+    key = _result_key(metric, bound, filters)
+    found = _reused(warehouse, key)
+    if found is None:
+        found = _run_alone(warehouse, metric, filters, bound, timeout_s)
+        _keep(warehouse, key, found)
+    return found
+
+
+def _result_key(metric: Metric, bound: Mapping[str, Any], filters: Filters) -> Hashable:
+    """Return what a metric's result depends on besides the data: metric, parameters, scope."""
+    return (metric.id, tuple(sorted(bound.items())), filters)
+
+
+def _reused(warehouse: Warehouse, key: Hashable) -> Evidence | None:
+    """Return the evidence kept under `key`, marked as reused, if the warehouse keeps it."""
+    if warehouse.results is None:
+        return None
+    kept = warehouse.results.get(key)
+    return None if kept is None else kept.model_copy(update={"cached": True})
+
+
+def _keep(warehouse: Warehouse, key: Hashable, evidence: Evidence) -> None:
+    if warehouse.results is not None:
+        warehouse.results.put(key, evidence)
 
 
 _ROLLUP_DB: Any = None
@@ -720,6 +749,10 @@ class MetricBatch:
     pass over the records, `run_cells`; `run(i)` then rolls request `i` up from those
     cells in an in-memory DuckDB. Other requests run on their own. `run_metrics` does it
     all in order; the agents' steps call the phases themselves to trace each query.
+
+    A request whose result the warehouse keeps (`Warehouse.results`: same metric,
+    parameters and scope, on data that cannot have changed) is answered from it and takes
+    no part in the shared pass.
     """
 
     def __init__(
@@ -736,10 +769,16 @@ class MetricBatch:
         self.timeout_s = timeout_s
         metrics = [(get_metric(m), p) for m, p in requests]
         self.items = [(metric, metric.bind(p)) for metric, p in metrics]
+        self.keys = [_result_key(metric, bound, self.filters) for metric, bound in self.items]
+        self.reused: dict[int, Evidence] = {}
+        for i, key in enumerate(self.keys):
+            found = _reused(warehouse, key)
+            if found is not None:
+                self.reused[i] = found
         cell_params: dict[str, Any] = {}
         shared: list[int] = []
         for i, (metric, bound) in enumerate(self.items):
-            if not metric.cells:
+            if not metric.cells or i in self.reused:
                 continue
             mine = {p: bound[p] for d in metric.cells for p in CELL_DIMS[d][2]}
             if any(cell_params.get(k, v) != v for k, v in mine.items()):
@@ -803,7 +842,14 @@ class MetricBatch:
         return len(self._cells)
 
     def run(self, i: int) -> Evidence:
-        """Return the evidence of request `i`."""
+        """Return the evidence of request `i` (kept by the warehouse, where it keeps any)."""
+        if i in self.reused:
+            return self.reused[i]
+        evidence = self._compute(i)
+        _keep(self.warehouse, self.keys[i], evidence)
+        return evidence
+
+    def _compute(self, i: int) -> Evidence:
         metric, bound = self.items[i]
         if i not in self.shared:
             return _run_alone(self.warehouse, metric, self.filters, bound, self.timeout_s)

@@ -72,3 +72,9 @@ class WarehouseSettings(BaseSettings):
     finmatch_duckdb_memory_limit: str = Field(
         "1GB", description="Memory the embedded warehouse may use for caching and queries"
     )
+    finmatch_result_cache: int = Field(
+        256,
+        ge=0,
+        description="Metric results the embedded warehouse keeps for reuse while it is open "
+        "(its file cannot change then); 0 keeps none",
+    )

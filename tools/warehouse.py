@@ -15,12 +15,13 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cachetools
 import sqlglot
 from sqlglot import exp
 
@@ -56,6 +57,45 @@ class QueryResult:
 RENDER_CACHE = 512  # rendered statements kept per warehouse
 
 
+class ResultCache:
+    """Results computed from data that cannot change while its warehouse is open.
+
+    Thread-safe, least recently used first out, at most `size` entries. Counts its hits
+    and misses.
+    """
+
+    def __init__(self, size: int) -> None:
+        """Keep at most `size` results (at least one)."""
+        self._lru: cachetools.LRUCache[Hashable, Any] = cachetools.LRUCache(maxsize=max(1, size))
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> Any:
+        """Return the result kept under `key`, or None."""
+        with self._lock:
+            value = self._lru.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep `value` under `key`, dropping the least recently used when full."""
+        with self._lock:
+            self._lru[key] = value
+
+    def __len__(self) -> int:
+        """Return how many results are kept."""
+        return len(self._lru)
+
+    def clear(self) -> None:
+        """Drop every result."""
+        with self._lock:
+            self._lru.clear()
+
+
 class Warehouse(abc.ABC):
     """Read access to `fpr_records` in one backend."""
 
@@ -68,6 +108,9 @@ class Warehouse(abc.ABC):
         self._lock = threading.Lock()
         self._rendered: dict[str, str] = {}
         self._rendered_lock = threading.Lock()
+        # Set by backends whose data cannot change while they are open: what a query
+        # computed then stays right, and `tools.metrics` reuses it.
+        self.results: ResultCache | None = None
 
     # -- backend hooks -------------------------------------------------------------
     @abc.abstractmethod
@@ -195,15 +238,24 @@ class DuckDBWarehouse(Warehouse):
 
     dialect = "duckdb"
 
-    def __init__(self, path: str | Path, *, memory_limit: str = "1GB") -> None:
+    def __init__(
+        self, path: str | Path, *, memory_limit: str = "1GB", result_cache: int = 256
+    ) -> None:
         """Open `path` read-only; fail clearly if it does not exist.
 
         `memory_limit` bounds DuckDB's buffer pool, which otherwise keeps every block it
         has read cached (up to 80% of RAM): with it, memory stays flat however large the
         table grows, and big aggregations spill instead.
+
+        While this read-only connection is open no process can write the file (DuckDB
+        locks it), so the data cannot change: up to `result_cache` metric results are
+        kept for reuse (0 keeps none).
         """
         super().__init__()
         import duckdb
+
+        if result_cache > 0:
+            self.results = ResultCache(result_cache)
 
         self.path = Path(path)
         self.url = f"duckdb://{self.path}"
@@ -319,7 +371,11 @@ def open_warehouse(url: str | None = None, settings: WarehouseSettings | None = 
     settings = settings or WarehouseSettings()
     url = url or settings.finmatch_warehouse
     if url.startswith("duckdb://"):
-        return DuckDBWarehouse(duckdb_path(url), memory_limit=settings.finmatch_duckdb_memory_limit)
+        return DuckDBWarehouse(
+            duckdb_path(url),
+            memory_limit=settings.finmatch_duckdb_memory_limit,
+            result_cache=settings.finmatch_result_cache,
+        )
     if url.startswith("databricks://"):
         from tools.databricks import DatabricksWarehouse
 

@@ -94,5 +94,7 @@ with right:
         )
 with st.expander("The SQL behind these numbers"):
     for key in ("kpis", "distributions"):
-        st.markdown(f"**{data[key]['title']}** — {data[key]['elapsed_ms']:.0f} ms")
+        ev = data[key]
+        kept = ", kept from an earlier query" if ev["cached"] else ""
+        st.markdown(f"**{ev['title']}** — {ev['elapsed_ms']:.0f} ms{kept}")
         st.code(data[key]["sql"], language="sql")

@@ -12,6 +12,7 @@ import pytest
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.portfolio import SHARED_METRICS, SHARED_STEP, SUMMARY_STEP, graph
+from graphs.resources import warehouse_for
 from tools.metrics import CATALOG, MetricBatch
 from tools.warehouse import Warehouse
 
@@ -33,9 +34,11 @@ def test_each_metric_runs_once_for_all_four_areas(
 
     monkeypatch.setattr(MetricBatch, "run", counting)
     monkeypatch.setattr(Warehouse, "run", query)
-    out = asyncio.run(
-        graph.ainvoke({"question": ""}, context=Context(warehouse=f"duckdb:///{large_path}"))
-    )
+    url = f"duckdb:///{large_path}"
+    kept = warehouse_for(url).results
+    assert kept is not None
+    kept.clear()  # other tests may have run these metrics on the pooled warehouse
+    out = asyncio.run(graph.ainvoke({"question": ""}, context=Context(warehouse=url)))
     assert calls == Counter({m: 1 for m in SHARED_METRICS})
     # The six cell metrics share one pass; four metrics have their own statement.
     cell_metrics = [m for m in SHARED_METRICS if CATALOG[m].cells]
@@ -55,3 +58,9 @@ def test_each_metric_runs_once_for_all_four_areas(
     for area in FOCUS_AREAS.values():
         assert f"**{area.name}:**" in summary
     assert "## Strongest findings" in summary and "## First actions" in summary
+
+    # Asked again on the same unchanged file, every metric comes from the kept results.
+    statements.clear()
+    again = asyncio.run(graph.ainvoke({"question": ""}, context=Context(warehouse=url)))
+    assert statements == []
+    assert again["reports"]["optimization-opportunities"]["headline"] == opt["headline"]

@@ -255,6 +255,11 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
         assert len(body[name]["rows"]) == len(direct[name].rows)
         for got, want in zip(body[name]["rows"], direct[name].rows, strict=True):
             assert got == pytest.approx(want)
+    # The service's warehouse file cannot change while it is open: asked again, the
+    # metrics come from the results it kept.
+    again = client.get("/metrics", params={"segment": "Retail"}).json()
+    for name in ("kpis", "distributions"):
+        assert again[name]["cached"] and again[name]["rows"] == body[name]["rows"]
     seen: list[str] = []
     after = None
     while True:

@@ -121,6 +121,12 @@ def test_metric_sql_is_transpiled_qualified_and_parameterised(
     assert fake.kwargs["access_token"] == "dapi-secret"
     assert fake.kwargs["_retry_stop_after_attempts_count"] == 3
 
+    # The table can change between statements: nothing is kept, each request queries.
+    assert dbx.results is None
+    executed = len(fake.executed)
+    again = run_metric(dbx, "value_at_risk", Filters(segment="Retail", product_type="Mortgage"))
+    assert len(fake.executed) == executed + 1 and not again.cached
+
 
 def test_deleted_rows_are_filtered_when_the_column_exists(
     dbx: DatabricksWarehouse, fake: FakeConnection

@@ -2,6 +2,7 @@
 
 import datetime
 import shutil
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
@@ -20,7 +21,7 @@ from tools.metrics import (
     run_metric,
     run_metrics,
 )
-from tools.warehouse import DuckDBWarehouse, as_records
+from tools.warehouse import DuckDBWarehouse, Warehouse, as_records
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +328,7 @@ def test_batch_shares_one_pass(warehouse: DuckDBWarehouse) -> None:
     assert batch.shared == [0, 1, 2, 3, 4, 5]
     assert 0 < batch.run_cells() <= 5 * 5 * 8 * 4 * 4 * 4 * 2
     together = [batch.run(i) for i in range(len(requests))]
+    warehouse.results = None  # each metric below runs alone, not from the batch's results
     for (metric_id, params), ev in zip(requests, together, strict=True):
         alone = run_metric(warehouse, metric_id, scope, params)
         assert ev.columns == alone.columns, metric_id
@@ -347,3 +349,51 @@ def test_batch_of_one_cell_metric_runs_alone(warehouse: DuckDBWarehouse) -> None
     batch = MetricBatch(warehouse, [("kpis", None), ("monthly_trend", None)])
     assert batch.shared == [] and batch.run_cells() == 0
     assert run_metrics(warehouse, [("kpis", None)])[0].shared_pass_ms is None
+
+
+def test_results_are_kept_for_the_same_metric_parameters_and_scope(
+    warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-only file cannot change while open: a repeated request runs no query."""
+    statements: list[str] = []
+    real = Warehouse.run
+
+    def counting(wh: Warehouse, sql: object, *args: object, **kwargs: object) -> object:
+        statements.append(str(sql))
+        return real(wh, sql, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Warehouse, "run", counting)
+    retail = Filters(segment="Retail")
+    first = run_metric(warehouse, "acceptance_rates", retail)
+    again = run_metric(warehouse, "acceptance_rates", retail, {"min_records": 1})  # default
+    assert len(statements) == 1
+    assert not first.cached and again.cached
+    assert again.rows == first.rows and again.sql == first.sql
+    assert again.elapsed_ms == first.elapsed_ms  # the run that computed the rows
+
+    # Another scope or parameter is another result.
+    run_metric(warehouse, "acceptance_rates", Filters(segment="Student"))
+    run_metric(warehouse, "acceptance_rates", retail, {"min_records": 5})
+    assert len(statements) == 3
+
+    # A batch answers what is kept without a query and leaves it out of the shared pass.
+    batch = MetricBatch(warehouse, [("acceptance_rates", None), ("kpis", None)], retail)
+    assert batch.shared == [] and batch.run_cells() == 0
+    kpis_alone = len(statements) + 1
+    assert batch.run(0).cached and not batch.run(1).cached
+    assert len(statements) == kpis_alone
+    batch.close()
+    assert warehouse.results is not None and warehouse.results.hits == 2
+
+
+def test_kept_results_are_bounded_and_can_be_switched_off(seeded_path: Path) -> None:
+    with closing(DuckDBWarehouse(seeded_path, result_cache=2)) as wh:
+        for segment in ("Retail", "Student", "Commercial"):
+            run_metric(wh, "kpis", Filters(segment=segment))
+        assert wh.results is not None and len(wh.results) == 2
+        assert not run_metric(wh, "kpis", Filters(segment="Retail")).cached  # dropped first
+        assert run_metric(wh, "kpis", Filters(segment="Commercial")).cached
+    with closing(DuckDBWarehouse(seeded_path, result_cache=0)) as wh:
+        assert wh.results is None
+        run_metric(wh, "kpis")
+        assert not run_metric(wh, "kpis").cached
