@@ -350,7 +350,11 @@ class DuckDBWarehouse(Warehouse):
         return columns, rows, truncated
 
     def close(self) -> None:
-        """Close the read-only connection."""
+        """Close the read-only connection and drop the kept results.
+
+        Once closed, the file may be written again: nothing kept from before may answer.
+        """
+        self.results = None
         self._con.close()
 
 

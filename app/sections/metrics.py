@@ -95,6 +95,6 @@ with right:
 with st.expander("The SQL behind these numbers"):
     for key in ("kpis", "distributions"):
         ev = data[key]
-        kept = ", kept from an earlier query" if ev["cached"] else ""
+        kept = ", kept from an earlier query" if ev.get("cached") else ""
         st.markdown(f"**{ev['title']}** — {ev['elapsed_ms']:.0f} ms{kept}")
         st.code(data[key]["sql"], language="sql")

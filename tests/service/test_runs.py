@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage
 
 from graphs.areas import OPTIMIZATION
 from graphs.context import Context
+from graphs.resources import warehouse_for
 from service.runs import ThreadError, run_focus
 from tests.graphs import scripted
 from tests.graphs.scripted import ScriptedChatModel, answer, tool_call
@@ -201,6 +202,9 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
             ]
         )
     )
+    kept = warehouse_for(f"duckdb:///{large_path}").results
+    assert kept is not None
+    kept.clear()  # earlier runs here kept these metrics: this one is to query and trace them
     try:
         result = asyncio.run(
             run_focus(
@@ -227,6 +231,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     assert trace.info.tags["thread_id"] == "t-trace"
     query = next(s for s in trace.data.spans if s.name == "query:kpis")
     assert "FROM fpr_records" in query.outputs["sql"]
+    assert query.outputs["cached"] is False
 
 
 def test_postgres_checkpoints_resume_a_failed_run(large_path: Path, postgres_url: str) -> None:

@@ -370,6 +370,7 @@ def test_results_are_kept_for_the_same_metric_parameters_and_scope(
     assert not first.cached and again.cached
     assert again.rows == first.rows and again.sql == first.sql
     assert again.elapsed_ms == first.elapsed_ms  # the run that computed the rows
+    kept_rows = [dict(r) for r in first.rows]
 
     # Another scope or parameter is another result.
     run_metric(warehouse, "acceptance_rates", Filters(segment="Student"))
@@ -384,6 +385,26 @@ def test_results_are_kept_for_the_same_metric_parameters_and_scope(
     assert len(statements) == kpis_alone
     batch.close()
     assert warehouse.results is not None and warehouse.results.hits == 2
+
+    # What a caller does to its evidence reaches neither the kept result nor other callers.
+    first.rows[0]["segment"] = "changed"
+    again.rows.clear()
+    assert run_metric(warehouse, "acceptance_rates", retail).rows == kept_rows
+
+
+def test_a_closed_warehouse_answers_nothing_from_before(seeded_path: Path, tmp_path: Path) -> None:
+    """Closing releases the file to writers: results kept while it was open go with it."""
+    path = tmp_path / "changing.duckdb"
+    shutil.copy(seeded_path, path)
+    wh = DuckDBWarehouse(path)
+    run_metric(wh, "kpis")
+    wh.close()
+    assert wh.results is None
+    with duckdb.connect(str(path)) as con:
+        con.execute("DELETE FROM fpr_records WHERE customer_segment = 'Student'")
+    with closing(DuckDBWarehouse(path)) as reopened:
+        ev = run_metric(reopened, "kpis")
+    assert not ev.cached and ev.rows[0]["records"] == len(frame(path))
 
 
 def test_kept_results_are_bounded_and_can_be_switched_off(seeded_path: Path) -> None:

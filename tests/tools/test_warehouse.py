@@ -42,3 +42,24 @@ def test_rendering_from_many_threads(wh: DuckDBWarehouse, monkeypatch: pytest.Mo
         rendered = list(pool.map(wh.render, texts))
     assert all(f"SELECT {i} AS x" in r for i, r in enumerate(rendered))
     assert len(wh._rendered) <= 8
+
+
+def test_the_result_cache_setting_reaches_the_warehouse(
+    seeded_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"duckdb:///{seeded_path}"
+    monkeypatch.setenv("FINMATCH_RESULT_CACHE", "0")
+    off = warehouse_module.open_warehouse(url)
+    try:
+        assert off.results is None
+    finally:
+        off.close()
+    monkeypatch.setenv("FINMATCH_RESULT_CACHE", "1")
+    one = warehouse_module.open_warehouse(url)
+    try:
+        assert one.results is not None
+        one.results.put("a", 1)
+        one.results.put("b", 2)
+        assert len(one.results) == 1 and one.results.get("b") == 2
+    finally:
+        one.close()
