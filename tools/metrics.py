@@ -250,7 +250,7 @@ def _correlation_sql() -> str:
     # Sums and products, not corr(): at 10 M rows 28 corr() aggregates take 3.5x as long
     # (2.0 s against 0.55 s). Each column's spread is worked out once (`spread`), not
     # again in each of its seven pairs: DuckDB plans every expression of the statement,
-    # and the repeated ones cost about 10 ms a run on any size.
+    # and the repeated ones cost 4 to 10 ms a run (planning: the same on any size).
     cols = CORRELATION_COLUMNS
     sums = ["count(*) AS n"]
     for c in cols:
