@@ -117,6 +117,15 @@ def warehouse(seeded_path: Path) -> Iterator[DuckDBWarehouse]:
     wh.close()
 
 
+def forget_kept_results(path: Path) -> None:
+    """Drop the results the pooled warehouse of `path` kept, so the next run queries."""
+    from graphs.resources import warehouse_for
+
+    kept = warehouse_for(f"duckdb:///{path}").results
+    assert kept is not None
+    kept.clear()
+
+
 def frame(path: Path, sql: str = "SELECT * FROM fpr_records") -> pd.DataFrame:
     """Read a small fixture table into pandas, for independent checks only.
 

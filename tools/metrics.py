@@ -702,14 +702,7 @@ def run_metric(
     timeout_s: float = 120.0,
 ) -> Evidence:
     """Run one catalog metric in the warehouse and return its Evidence."""
-    metric = get_metric(metric_id)
-    filters, bound = filters or Filters(), metric.bind(params)
-    key = _result_key(metric, bound, filters)
-    found = _reused(warehouse, key)
-    if found is None:
-        found = _run_alone(warehouse, metric, filters, bound, timeout_s)
-        _keep(warehouse, key, found)
-    return found
+    return run_metrics(warehouse, [(metric_id, params)], filters, timeout_s=timeout_s)[0]
 
 
 def _result_key(metric: Metric, bound: Mapping[str, Any], filters: Filters) -> Hashable:

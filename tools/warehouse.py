@@ -60,8 +60,7 @@ RENDER_CACHE = 512  # rendered statements kept per warehouse
 class ResultCache:
     """Results computed from data that cannot change while its warehouse is open.
 
-    Thread-safe, least recently used first out, at most `size` entries. Counts its hits
-    and misses.
+    Thread-safe, least recently used first out, at most `size` entries. Counts its hits.
     """
 
     def __init__(self, size: int) -> None:
@@ -69,15 +68,12 @@ class ResultCache:
         self._lru: cachetools.LRUCache[Hashable, Any] = cachetools.LRUCache(maxsize=max(1, size))
         self._lock = threading.Lock()
         self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable) -> Any:
         """Return the result kept under `key`, or None."""
         with self._lock:
             value = self._lru.get(key)
-            if value is None:
-                self.misses += 1
-            else:
+            if value is not None:
                 self.hits += 1
             return value
 

@@ -12,7 +12,7 @@ import pytest
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.portfolio import SHARED_METRICS, SHARED_STEP, SUMMARY_STEP, graph
-from graphs.resources import warehouse_for
+from tests.conftest import forget_kept_results
 from tools.metrics import CATALOG, MetricBatch
 from tools.warehouse import Warehouse
 
@@ -35,9 +35,7 @@ def test_each_metric_runs_once_for_all_four_areas(
     monkeypatch.setattr(MetricBatch, "run", counting)
     monkeypatch.setattr(Warehouse, "run", query)
     url = f"duckdb:///{large_path}"
-    kept = warehouse_for(url).results
-    assert kept is not None
-    kept.clear()  # other tests may have run these metrics on the pooled warehouse
+    forget_kept_results(large_path)  # other tests may have run these metrics on it
     out = asyncio.run(graph.ainvoke({"question": ""}, context=Context(warehouse=url)))
     assert calls == Counter({m: 1 for m in SHARED_METRICS})
     # The six cell metrics share one pass; four metrics have their own statement.

@@ -21,8 +21,8 @@ from langchain_core.messages import AIMessage
 
 from graphs.areas import OPTIMIZATION
 from graphs.context import Context
-from graphs.resources import warehouse_for
 from service.runs import ThreadError, run_focus
+from tests.conftest import forget_kept_results
 from tests.graphs import scripted
 from tests.graphs.scripted import ScriptedChatModel, answer, tool_call
 
@@ -202,9 +202,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
             ]
         )
     )
-    kept = warehouse_for(f"duckdb:///{large_path}").results
-    assert kept is not None
-    kept.clear()  # earlier runs here kept these metrics: this one is to query and trace them
+    forget_kept_results(large_path)  # earlier runs kept these metrics: this one is to query
     try:
         result = asyncio.run(
             run_focus(
