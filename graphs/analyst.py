@@ -24,7 +24,7 @@ from graphs.models import OFFLINE, OFFLINE_LABEL, ModelError, build_chat_model
 from graphs.report import Analysis, Finding, Recommendation, Section
 from graphs.resources import warehouse_for
 from graphs.tracing import span
-from tools.agent_tools import build_tools, evidence_text
+from tools.agent_tools import build_tools, evidence_text, tool_error
 from tools.guard import GuardRejection, run_sql
 from tools.metrics import UnknownMetric, run_metric
 from tools.warehouse import WarehouseError
@@ -362,14 +362,20 @@ async def _run_tool(
                 return evidence_text(ev), ev
             if name == "run_guarded_sql":
                 ev = await asyncio.to_thread(
-                    run_sql, warehouse, args.get("sql", ""), timeout_s=ctx.query_timeout_s
+                    functools.partial(
+                        run_sql,
+                        warehouse,
+                        str(args.get("sql", "")),
+                        timeout_s=ctx.query_timeout_s,
+                        scope=filters,
+                    )
                 )
                 return evidence_text(ev), ev
         except GuardRejection as e:
             stats["rejections"].append({"sql": args.get("sql", ""), "reason": e.reason})
-            return f"Error: {e}", None
+            return tool_error(e), None
         except (UnknownMetric, ValueError, WarehouseError) as e:
-            return f"Error: {e.args[0] if isinstance(e, UnknownMetric) else e}", None
+            return tool_error(e), None
         for t in tools:
             if t.name == name:
                 return str(await t.ainvoke(args)), None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any
 
 from langchain_core.tools import BaseTool, tool
@@ -20,6 +21,19 @@ from tools.warehouse import QueryTimeout, Warehouse, WarehouseError
 
 # Rows shown to a model per result: enough to read a breakdown, small enough for a prompt.
 MAX_ROWS_TO_MODEL = 50
+
+
+# Absolute file paths (the warehouse file, an installed package) in an error message say
+# nothing a model can act on and show it how this machine is laid out.
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.\-]+/)+[\w.\-]*")
+
+
+def tool_error(error: Exception) -> str:
+    """Return a recoverable failure as the text a model gets: the message, no paths."""
+    message = error.args[0] if isinstance(error, UnknownMetric) else str(error)
+    if isinstance(error, WarehouseError) and not isinstance(error, QueryTimeout):
+        message += ". Fix the query and try again"
+    return "Error: " + _PATH.sub("<path>", message)
 
 
 def evidence_text(evidence: Evidence, max_rows: int = MAX_ROWS_TO_MODEL) -> str:
@@ -80,17 +94,17 @@ def _bound_tools(
         """Run a catalog metric by id (see list_metrics) within the analysis scope."""
         try:
             return evidence_text(run_metric(warehouse, metric_id, scope, parameters))
-        except (UnknownMetric, ValueError, QueryTimeout) as e:
-            return f"Error: {e.args[0] if isinstance(e, UnknownMetric) else e}"
+        except (UnknownMetric, ValueError, WarehouseError) as e:
+            return tool_error(e)
 
     @tool
     def run_guarded_sql(sql: str) -> str:
-        """Run one read-only SELECT over fpr_records (DuckDB SQL) and return its rows."""
+        """Run one read-only SELECT over fpr_records (DuckDB SQL) in the analysis scope."""
         try:
-            return evidence_text(run_sql(warehouse, sql, row_cap=row_cap, timeout_s=timeout_s))
-        except GuardRejection as e:
-            return f"Error: {e}"
-        except WarehouseError as e:
-            return f"Error: {e}. Fix the query and try again."
+            return evidence_text(
+                run_sql(warehouse, sql, row_cap=row_cap, timeout_s=timeout_s, scope=scope)
+            )
+        except (GuardRejection, WarehouseError) as e:
+            return tool_error(e)
 
     return (describe_table, list_metrics, run_catalog_metric, run_guarded_sql)

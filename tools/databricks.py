@@ -26,6 +26,7 @@ from tools.warehouse import (
     WarehouseError,
     fetch_capped,
     statement_timeout,
+    timeout_message,
 )
 
 # The connector retries for up to 900 s by default; a dashboard or an agent step would
@@ -138,10 +139,7 @@ class DatabricksWarehouse(Warehouse):
                     rows, truncated = fetch_capped(cursor, max_rows)
                 except Exception as e:
                     if fired.is_set():
-                        raise QueryTimeout(
-                            f"The query ran longer than {timeout_s:g} s and was cancelled. "
-                            "Narrow it (filters, fewer groups) or raise the timeout."
-                        ) from e
+                        raise QueryTimeout(timeout_message(timeout_s)) from e
                     raise WarehouseError(f"Databricks rejected the query: {e}") from e
         finally:
             cursor.close()

@@ -2,11 +2,21 @@
 
 Ad-hoc SQL from a model or a user is parsed with sqlglot (DuckDB dialect) and accepted
 only when it is exactly one statement whose root is a query, every table it reads is
-`fpr_records` (or a CTE of the same query), every column resolves against the schema,
-and every function is on an allow-list of scalar, aggregate and window functions. That
-excludes all table functions (`read_csv`, `glob`, `query`, `range`, ...), file, network,
-extension, pragma, attach, copy, export, settings and system-catalog access by
-construction, rather than by a list of what to refuse. Accepted queries get a row cap.
+`fpr_records` or a CTE visible where it is read (resolved by scope, as the warehouse
+resolves names: a CTE named elsewhere in the statement does not count), every column
+resolves against the schema, and every function is on an allow-list of scalar,
+aggregate and window functions. That excludes all table functions (`read_csv`, `glob`,
+`query`, `range`, ...), file, network, extension, pragma, attach, copy, export, settings
+and system-catalog access by construction, rather than by a list of what to refuse.
+Accepted queries get a row cap.
+
+Resources are bounded too: statements longer than MAX_STATEMENT_CHARS or nested deeper
+than MAX_NESTING are refused before analysis (the analysis is quadratic in the one case
+and recursive in the other), `lpad`/`rpad` take a literal width of at most MAX_PAD, and
+`run_sql`'s timeout covers the guard's own analysis. On the embedded warehouse the check
+and the query run in a child process (`tools.isolation`) killed at the timeout or past
+the memory limit, since DuckDB cannot stop a function midway through building one huge
+value. Text that is not valid UTF-8 (a lone surrogate) is refused, not passed on.
 
 The guard is the first wall; the DuckDB connection it runs on is read-only with external
 access switched off and its configuration locked (see `tools.warehouse`).
@@ -15,16 +25,31 @@ access switched off and its configuration locked (see `tools.warehouse`).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects import Dialect
 from sqlglot.errors import OptimizeError, ParseError, TokenError
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.tokens import TokenType
 
+from tools import isolation
 from tools.evidence import Evidence
+from tools.metrics import Filters
 from tools.schema import COLUMNS, SQL_TYPES, TABLE
-from tools.warehouse import CANONICAL_DIALECT, Warehouse, as_records
+from tools.warehouse import (
+    CANONICAL_DIALECT,
+    QueryResult,
+    QueryTimeout,
+    Warehouse,
+    WarehouseError,
+    as_records,
+    timeout_message,
+)
 
 # sqlglot logs a warning when it falls back to an opaque Command; the guard reports
 # those itself.
@@ -183,8 +208,6 @@ ALLOWED_ANONYMOUS = frozenset(
         "ifnull",
         "nvl",
         "iff",
-        "lpad",
-        "rpad",
         "ltrim",
         "rtrim",
         "strpos",
@@ -284,6 +307,21 @@ _FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
 
 SCHEMA: dict[str, object] = {TABLE: {c.name: SQL_TYPES[c.type] for c in COLUMNS}}
 
+# Bounds on what the guard analyses: sqlglot's column qualification is quadratic in the
+# number of terms (a 10,000-term OR chain took 85 s), and its parser recurses once per
+# nesting level (about 45 parentheses exhaust Python's stack). A long analytic query is a
+# few thousand characters and nests a handful of levels.
+MAX_STATEMENT_CHARS = 20_000
+MAX_NESTING = 32
+# lpad()/rpad() build a value of the length they are given: a format width, not a size.
+MAX_PAD = 1_000
+# How long after its deadline an isolated query's process is killed when it has not
+# stopped itself (a function building one huge value cannot be interrupted midway).
+KILL_GRACE_S = 1.0
+
+_OPENING = {TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE}
+_CLOSING = {TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE}
+
 
 class GuardRejection(ValueError):
     """The statement is not one read-only query over `fpr_records`; `reason` says why."""
@@ -295,6 +333,10 @@ class GuardRejection(ValueError):
             f"Query rejected: {reason}. Only one SELECT over {TABLE} and its columns, "
             "using ordinary scalar, aggregate and window functions, is allowed."
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickle by reason (a rejection made in an isolated process comes back whole)."""
+        return (GuardRejection, (self.reason,))
 
 
 @dataclass(frozen=True)
@@ -311,14 +353,69 @@ class GuardedQuery:
         return self.tree.sql(CANONICAL_DIALECT)
 
 
+def fold(name: str) -> str:
+    """Return an identifier as the warehouse compares it: ASCII letters lower-cased only.
+
+    DuckDB folds case in ASCII alone, so `str.lower` would call the Kelvin sign in
+    `"duc\u212adb_tables"` a k where DuckDB does not.
+    """
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _function_name(node: exp.Func) -> str:
     return node.name if isinstance(node, exp.Anonymous) else node.sql_name().lower()
 
 
-def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
-    """Return `sql` as a capped query if it is one read-only query over `fpr_records`."""
+def screen(sql: str) -> None:
+    """Refuse, cheaply and before any analysis, statements too big or too odd to analyse."""
     if not sql or not sql.strip():
         raise GuardRejection("the statement is empty")
+    if len(sql) > MAX_STATEMENT_CHARS:
+        raise GuardRejection(
+            f"the statement is {len(sql):,} characters long; the limit is "
+            f"{MAX_STATEMENT_CHARS:,} (group or filter by a condition instead of listing "
+            "many literal values)"
+        )
+    for i, ch in enumerate(sql):
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            raise GuardRejection(
+                f"the statement is not valid text: a lone surrogate (U+{ord(ch):04X}) at "
+                f"character {i + 1}; send it as UTF-8 text"
+            )
+    try:
+        tokens = Dialect.get_or_raise(CANONICAL_DIALECT).tokenize(sql)
+    except TokenError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GuardRejection(f"the SQL could not be parsed ({first})") from None
+    depth = deepest = 0
+    for token in tokens:
+        if token.token_type in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token.token_type in _CLOSING:
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise GuardRejection(
+            f"the statement nests {deepest} levels deep; the limit is {MAX_NESTING} "
+            "(use CTEs instead of nesting subqueries and parentheses)"
+        )
+
+
+def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
+    """Return `sql` as a capped query if it is one read-only query over `fpr_records`."""
+    screen(sql)
+    try:
+        return _check(sql, row_cap)
+    except RecursionError:  # long chains of unary operators or CASEs, no parentheses
+        raise GuardRejection(
+            "the statement nests too deeply to analyse; write it with fewer nested expressions"
+        ) from None
+
+
+def _check(sql: str, row_cap: int) -> GuardedQuery:
     try:
         statements = [s for s in sqlglot.parse(sql, read=CANONICAL_DIALECT) if s is not None]
     except (ParseError, TokenError) as e:
@@ -331,17 +428,16 @@ def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
         kind = root.key.upper() if not isinstance(root, exp.Command) else str(root.this).upper()
         raise GuardRejection(f"only queries may run; this statement is {kind}")
 
-    cte_names = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
-    if TABLE in cte_names:
+    if any(fold(cte.alias_or_name) == TABLE for cte in root.find_all(exp.CTE)):
         raise GuardRejection(f"a CTE may not be named {TABLE}")
     for node in root.walk():
         if isinstance(node, _FORBIDDEN_NODES):
             raise GuardRejection(f"{node.key.upper()} is not allowed inside a query")
         if isinstance(node, exp.Placeholder | exp.Parameter):
             raise GuardRejection("parameters are not supported; write values inline")
-        if isinstance(node, exp.Table):
-            _check_table(node, cte_names)
-        elif isinstance(node, exp.Func):
+    _check_tables(root)
+    for node in root.walk():
+        if isinstance(node, exp.Func):
             name = _function_name(node)
             allowed = (
                 name.lower() in ALLOWED_ANONYMOUS
@@ -350,6 +446,8 @@ def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
             )
             if not allowed:
                 raise GuardRejection(f"function {name}() is not allowed")
+            if isinstance(node, exp.Pad):
+                _check_pad(node)
 
     try:
         qualify(
@@ -364,15 +462,53 @@ def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
     return GuardedQuery(sql, _with_cap(root, row_cap), row_cap)
 
 
-def _check_table(node: exp.Table, cte_names: set[str]) -> None:
+def _check_pad(node: exp.Pad) -> None:
+    name = "lpad" if node.args.get("is_left") else "rpad"
+    length = node.expression
+    value = length.this if isinstance(length, exp.Neg) else length
+    if not (isinstance(value, exp.Literal) and value.is_int and int(value.this) <= MAX_PAD):
+        raise GuardRejection(
+            f"{name}() pads to at most {MAX_PAD:,} characters, given as a number "
+            f"(got {length.sql(CANONICAL_DIALECT)})"
+        )
+
+
+def _check_tables(root: exp.Expr) -> None:
+    """Check that every table reference is `fpr_records` or a CTE visible where it stands.
+
+    A CTE is visible in the body of the query that defines it, in the CTEs after it in
+    the same WITH, and in its own body only under RECURSIVE (the rules DuckDB applies);
+    anywhere else the same name reaches a real object. Walked with a stack: OR chains
+    make trees thousands of levels deep.
+    """
+    stack: list[tuple[exp.Expr, frozenset[str]]] = [(root, frozenset())]
+    while stack:
+        node, visible = stack.pop()
+        if isinstance(node, exp.Table):
+            _check_table(node, visible)
+        with_ = node.args.get("with_") if isinstance(node, exp.Query) else None
+        if isinstance(with_, exp.With):
+            recursive = bool(with_.args.get("recursive"))
+            earlier: set[str] = set()
+            for cte in with_.expressions:
+                name = fold(cte.alias_or_name)
+                stack.append((cte.this, visible | earlier | ({name} if recursive else set())))
+                earlier.add(name)
+            inner = visible | earlier
+            stack += [(child, inner) for child in node.iter_expressions() if child is not with_]
+        else:
+            stack += [(child, visible) for child in node.iter_expressions()]
+
+
+def _check_table(node: exp.Table, visible: frozenset[str]) -> None:
     if not isinstance(node.this, exp.Identifier):
         inner = node.this
         name = _function_name(inner) if isinstance(inner, exp.Func) else inner.sql()
         raise GuardRejection(f"table functions are not allowed ({name})")
     if node.args.get("db") or node.args.get("catalog"):
         raise GuardRejection(f"only {TABLE} may be queried, not {node.sql(CANONICAL_DIALECT)}")
-    name = node.name.lower()
-    if name != TABLE and name not in cte_names:
+    name = fold(node.name)
+    if name != TABLE and name not in visible:
         raise GuardRejection(f"only {TABLE} may be queried, not {node.name}")
 
 
@@ -386,20 +522,113 @@ def _with_cap(root: exp.Query, row_cap: int) -> exp.Query:
     return tree.limit(row_cap + 1, copy=False)
 
 
+def in_scope(tree: exp.Query, scope: Filters) -> exp.Query:
+    """Return `tree` with every read of `fpr_records` narrowed to the rows of `scope`.
+
+    Each reference becomes `(SELECT * FROM fpr_records WHERE <scope>) AS <its alias>`,
+    the scope's values written as literals into the tree (never into text).
+    """
+    condition, params = scope.where()
+    if not params:
+        return tree
+    where = sqlglot.parse_one(condition, read=CANONICAL_DIALECT).transform(
+        lambda n: exp.convert(params[n.name]) if isinstance(n, exp.Placeholder) else n
+    )
+    scoped = tree.copy()
+    for table in list(scoped.find_all(exp.Table)):
+        if fold(table.name) == TABLE and not table.args.get("db"):
+            alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(TABLE))
+            rows = exp.select("*").from_(TABLE).where(where.copy())
+            table.replace(exp.Subquery(this=rows, alias=alias.copy()))
+    return scoped
+
+
+def _run_checked(
+    warehouse: Warehouse,
+    sql: str,
+    row_cap: int,
+    scope: Filters | None,
+    deadline: float,
+    timeout_s: float,
+) -> QueryResult:
+    """Check `sql`, then run it in `scope` in what is left of the time before `deadline`."""
+    guarded = check(sql, row_cap=row_cap)
+    tree = in_scope(guarded.tree, scope) if scope is not None else guarded.tree
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise QueryTimeout(timeout_message(timeout_s))
+    try:
+        return warehouse.run(tree, max_rows=row_cap, timeout_s=remaining)
+    except QueryTimeout:
+        raise QueryTimeout(timeout_message(timeout_s)) from None
+
+
+def _run_isolated(
+    opener: Callable[[], Warehouse],
+    sql: str,
+    row_cap: int,
+    scope: Filters | None,
+    deadline: float,
+    timeout_s: float,
+) -> QueryResult:
+    """In a child process: open a private read-only copy of the warehouse and run there."""
+    warehouse = opener()
+    try:
+        return _run_checked(warehouse, sql, row_cap, scope, deadline, timeout_s)
+    finally:
+        warehouse.close()
+
+
 def run_sql(
     warehouse: Warehouse,
     sql: str,
     *,
     row_cap: int = 1000,
     timeout_s: float = 30.0,
+    scope: Filters | None = None,
 ) -> Evidence:
-    """Check `sql` with the guard, run it with its row cap and timeout, return Evidence."""
-    guarded = check(sql, row_cap=row_cap)
-    result = warehouse.run(guarded.tree, max_rows=row_cap, timeout_s=timeout_s)
+    """Check `sql` with the guard, run it with its row cap and timeout, return Evidence.
+
+    The timeout covers the guard's own analysis too. On a warehouse that can be opened
+    again in another process (the embedded one), the check and the query run in a child
+    process stopped at the timeout or past the memory limit (`tools.isolation`); a
+    remote warehouse bounds its own resources. With `scope`, the query sees only the
+    records in it.
+    """
+    deadline = time.monotonic() + timeout_s
+    screen(sql)
+    opener = warehouse.reopener()
+    if opener is None:
+        result = _run_checked(warehouse, sql, row_cap, scope, deadline, timeout_s)
+    else:
+        try:
+            result = isolation.run(
+                _run_isolated,
+                opener,
+                sql,
+                row_cap,
+                scope,
+                deadline,
+                timeout_s,
+                deadline=deadline + KILL_GRACE_S,
+                max_rss_bytes=warehouse.memory_ceiling(),
+            )
+        except isolation.ChildTimeout:
+            raise QueryTimeout(timeout_message(timeout_s)) from None
+        except isolation.ChildOutOfMemory as e:
+            raise WarehouseError(
+                "The query needed more memory than FINMATCH_DUCKDB_MEMORY_LIMIT allows (its "
+                f"process reached {e.rss_bytes / 2**20:,.0f} MiB, past the ceiling of "
+                f"{e.ceiling_bytes / 2**20:,.0f} MiB) and was stopped. Build smaller values "
+                "(fewer nested replace() or string_agg() calls), aggregate more, or raise "
+                "the limit."
+            ) from None
+        except isolation.ChildFailed as e:
+            raise WarehouseError(f"The query could not be run: {e}.") from None
     rows = as_records(result.columns, result.rows)
     return Evidence(
         metric_id="sql",
-        title="Ad-hoc query",
+        title="Ad-hoc query" + (f" ({scope.describe()})" if scope is not None else ""),
         sql=result.sql,
         parameters={},
         columns=result.columns,

@@ -8,10 +8,11 @@ The Databricks variables keep the names the FinMatch deployment already uses
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -47,6 +48,34 @@ def project_home() -> Path:
     return base / ".finmatch"
 
 
+_UNITS = {
+    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+    "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+    "tib": 2**40,
+}  # fmt: skip
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*|%)\s*")
+
+
+def memory_bytes(text: str) -> int:
+    """Return a DuckDB memory size ('1GB', '512 MiB', '75%' of this machine) in bytes.
+
+    Units as DuckDB reads them: KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of
+    1024. Raises ValueError naming the value when it is not one.
+    """
+    match = _MEMORY.fullmatch(text or "")
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit not in _UNITS and unit != "%") or (unit == "" and text.strip() != "0"):
+        raise ValueError(
+            f"{text!r} is not a memory size; write a number and a unit, e.g. 1GB, 512MB, "
+            "2GiB, or a share of this machine's memory such as 50%"
+        )
+    number = float(match.group(1))
+    if unit == "%":
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(total * number / 100)
+    return int(number * _UNITS[unit])
+
+
 def default_warehouse_url() -> str:
     """Return the URL of the embedded DuckDB warehouse."""
     return f"duckdb://{project_home() / 'fpr.duckdb'}"
@@ -78,3 +107,10 @@ class WarehouseSettings(BaseSettings):
         description="Metric results the embedded warehouse keeps for reuse while it is open "
         "(its file cannot change then); 0 keeps none",
     )
+
+    @field_validator("finmatch_duckdb_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if memory_bytes(value) < 64 * 2**20:
+            raise ValueError(f"{value!r} is less than 64MB, too little for the warehouse")
+        return value

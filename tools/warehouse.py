@@ -13,9 +13,10 @@ Backends: `duckdb:///path/file.duckdb` (embedded, the default) and `databricks:/
 from __future__ import annotations
 
 import abc
+import functools
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,12 @@ import sqlglot
 from sqlglot import exp
 
 from tools.schema import COLUMN_NAMES, FIVETRAN_DELETED, TABLE
-from tools.settings import WarehouseSettings
+from tools.settings import WarehouseSettings, memory_bytes
 
 CANONICAL_DIALECT = "duckdb"
+# What a process with DuckDB, sqlglot and the guard loaded holds before it queries
+# (about 75 MB measured), with room to spare.
+CHILD_BASE_BYTES = 128 * 2**20
 
 
 class WarehouseError(Exception):
@@ -41,6 +45,14 @@ class WarehouseNotFound(WarehouseError):
 
 class QueryTimeout(WarehouseError):
     """A statement ran past its timeout and was interrupted."""
+
+
+def timeout_message(timeout_s: float) -> str:
+    """Return what a user is told when a statement ran past `timeout_s`."""
+    return (
+        f"The query ran longer than {timeout_s:g} s and was stopped. "
+        "Narrow it (filters, fewer groups) or raise the timeout."
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,18 @@ class Warehouse(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - backends without resources need no close
         """Release connections."""
+
+    def reopener(self) -> Callable[[], Warehouse] | None:
+        """Return a picklable callable that opens this warehouse again in another process.
+
+        None (the default) for a remote warehouse, which bounds its queries' resources
+        itself; the embedded one returns one, and untrusted SQL runs in a child process.
+        """
+        return None
+
+    def memory_ceiling(self) -> int:
+        """Return the resident memory, in bytes, past which an isolated query is stopped."""
+        raise NotImplementedError(f"{type(self).__name__} does not run queries in isolation")
 
     # -- shared behaviour ------------------------------------------------------------
     def table_columns(self) -> list[str]:
@@ -250,6 +274,8 @@ class DuckDBWarehouse(Warehouse):
         super().__init__()
         import duckdb
 
+        self.memory_limit = memory_limit
+        self._memory_bytes = memory_bytes(memory_limit)
         if result_cache > 0:
             self.results = ResultCache(result_cache)
 
@@ -334,16 +360,31 @@ class DuckDBWarehouse(Warehouse):
                     rows, truncated = fetch_capped(cursor, max_rows)
                 except duckdb.InterruptException as e:
                     if fired.is_set():
-                        raise QueryTimeout(
-                            f"The query ran longer than {timeout_s:g} s and was stopped. "
-                            "Narrow it (filters, fewer groups) or raise the timeout."
-                        ) from e
+                        raise QueryTimeout(timeout_message(timeout_s)) from e
                     raise
                 except duckdb.Error as e:
                     raise WarehouseError(f"The warehouse rejected the query: {e}") from e
         finally:
             cursor.close()
         return columns, rows, truncated
+
+    def reopener(self) -> Callable[[], Warehouse]:
+        """Return how to open this file read-only in a child process, for untrusted SQL.
+
+        The child's DuckDB may use the memory limit less what a process with DuckDB
+        loaded needs itself (CHILD_BASE_BYTES, at most half), so DuckDB's own limit
+        usually stops a big query cleanly before the child passes `memory_ceiling`.
+        """
+        own = max(self._memory_bytes - CHILD_BASE_BYTES, self._memory_bytes // 2)
+        return functools.partial(DuckDBWarehouse, self.path, memory_limit=f"{own}B", result_cache=0)
+
+    def memory_ceiling(self) -> int:
+        """Return the memory limit plus a tenth: where an isolated query's process is killed.
+
+        The process is measured every POLL_S (10 ms); a fast allocation overshoots by tens
+        of MB before it is seen, which the tenth leaves room for within a quarter.
+        """
+        return int(self._memory_bytes * 1.1)
 
     def close(self) -> None:
         """Close the read-only connection and drop the kept results.

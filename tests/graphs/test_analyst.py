@@ -148,3 +148,34 @@ def test_the_prompt_is_bounded_whatever_the_evidence() -> None:
     digest = evidence_digest(state(100_000)["evidence"])
     assert all(len(e["rows"]) == DIGEST_ROWS for e in digest)
     assert json.loads(str(large[1].content))["focus_area"] == "Optimization Opportunities"
+
+
+def test_a_statement_that_crashed_the_run_comes_back_as_an_error_the_model_can_read(
+    large_path: Path, use: Any
+) -> None:
+    deep = "SELECT " + "(" * 60 + "1" + ")" * 60
+    chained = "SELECT " + "NOT " * 3000 + "TRUE FROM fpr_records"
+    model = use(
+        ScriptedChatModel(
+            replies=[
+                AIMessage(
+                    "",
+                    tool_calls=[
+                        tool_call("run_guarded_sql", {"sql": deep}, "c1"),
+                        tool_call("run_guarded_sql", {"sql": chained}, "c2"),
+                        tool_call("run_guarded_sql", {"sql": "SELECT '\udc80'"}, "c3"),
+                        tool_call("run_guarded_sql", {"sql": "SELECT CAST('x' AS INT)"}, "c4"),
+                    ],
+                ),
+                answer("Small Business lags [OPT-2].", sections("See [OPT-2]."), []),
+            ]
+        )
+    )
+    report = Report(**run(large_path, max_tool_calls=4)["report"])
+    assert report.headline == "Small Business lags [OPT-2]."
+    replies = [str(m.content) for m in model.seen[-1] if isinstance(m, ToolMessage)]
+    assert len(replies) == 4
+    assert all(r.startswith("Error: ") for r in replies)
+    for text in replies:
+        assert "Traceback" not in text and 'File "' not in text
+        assert str(large_path.parent) not in text and "/site-packages/" not in text

@@ -135,3 +135,28 @@ def test_analyze_usage_errors(wh: str, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["analyze", "--focus", "all", "--model", "gpt-9", "--warehouse", wh]) == 2
     err = capsys.readouterr().err
     assert "Unknown model 'gpt-9'; available: offline" in err
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("SELECT " + "(" * 45 + "1" + ")" * 45, "nests 45 levels deep"),
+        ("SELECT 'caf\udce9' AS x", "not valid text: a lone surrogate (U+DCE9)"),
+        ("SELECT length(lpad('a', 2000000000, 'x'))", "lpad() pads to at most 1,000"),
+    ],
+)
+def test_sql_that_crashed_exits_2_with_the_reason(
+    sql: str, reason: str, wh: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["seed", "--rows", "20", "--warehouse", wh])
+    capsys.readouterr()
+    assert main(["sql", sql, "--warehouse", wh]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and "Traceback" not in err
+
+
+def test_sql_with_time_zones_answers(wh: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["seed", "--rows", "20", "--warehouse", wh])
+    capsys.readouterr()
+    assert main(["sql", "SELECT CURRENT_TIMESTAMP AS now", "--json", "--warehouse", wh]) == 0
+    assert json.loads(capsys.readouterr().out)["row_count"] == 1

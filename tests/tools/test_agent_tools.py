@@ -36,3 +36,26 @@ def test_tools_answer_and_explain_failures(warehouse: DuckDBWarehouse) -> None:
     assert bad_param.startswith("Error: Parameter 'top_n'")
     div0 = tools["run_guarded_sql"].invoke({"sql": "SELECT CAST('x' AS INTEGER) FROM fpr_records"})
     assert div0.startswith("Error: The warehouse rejected the query")
+
+
+def test_guarded_sql_sees_only_the_analysis_scope(warehouse: DuckDBWarehouse) -> None:
+    scope = Filters(segment="Retail", date_from="2024-01-01")
+    tool = {t.name: t for t in build_tools(warehouse, filters=scope)}["run_guarded_sql"]
+    expected = warehouse.run(
+        "SELECT count(*) FROM fpr_records WHERE customer_segment = 'Retail' "
+        "AND product_recommendation_date >= DATE '2024-01-01'"
+    ).rows[0][0]
+    assert 0 < expected < 750
+    plain = json.loads(tool.invoke({"sql": "SELECT count(*) AS n FROM fpr_records"}))
+    assert plain["rows"] == [{"n": expected}]
+    # every read of the table is scoped: aliases, self-joins, CTEs and subqueries
+    joined = json.loads(
+        tool.invoke(
+            {
+                "sql": "WITH c AS (SELECT DISTINCT customer_segment AS s FROM fpr_records) "
+                "SELECT (SELECT count(*) FROM c) AS segments, count(*) AS n "
+                "FROM fpr_records AS r JOIN fpr_records x ON r.record_id = x.record_id"
+            }
+        )
+    )
+    assert joined["rows"] == [{"segments": 1, "n": expected}]

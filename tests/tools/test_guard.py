@@ -166,3 +166,169 @@ def test_the_connection_is_a_second_wall(
     with pytest.raises(WarehouseError):
         warehouse._execute(statement.format(tmp=tmp_path), {}, None, 5.0)
     assert not (tmp_path / "leak.csv").exists()
+
+
+# -- names resolve by scope: a CTE counts only where it is visible ----------------------
+SCOPE_ATTACKS = {
+    # defined in a nested query, used outside it
+    "nested": "SELECT * FROM (WITH sqlite_master AS (SELECT 1 AS a) SELECT * FROM sqlite_master) x "
+    "CROSS JOIN sqlite_master",
+    # defined in one subquery, used in its sibling
+    "sibling": "SELECT * FROM (WITH fpr_customers AS (SELECT 1 AS a) "
+    "SELECT * FROM fpr_customers) x, (SELECT * FROM fpr_customers) y",
+    # defined in an EXISTS, used in an IN beside it
+    "sibling predicates": "SELECT * FROM fpr_records WHERE EXISTS (WITH fpr_sync AS (SELECT 1) "
+    "SELECT * FROM fpr_sync) AND customer_id IN (SELECT customer_id FROM fpr_sync)",
+    # a later CTE of the same WITH is not visible to an earlier one
+    "forward": "WITH a AS (SELECT * FROM duckdb_tables), duckdb_tables AS (SELECT 1 AS x) "
+    "SELECT * FROM a",
+    # without RECURSIVE a CTE's body does not see its own name
+    "self": "WITH duckdb_databases AS (SELECT * FROM duckdb_databases) "
+    "SELECT * FROM duckdb_databases",
+    # a recursive CTE inside a subquery is not visible outside it
+    "recursive": "SELECT * FROM (WITH RECURSIVE fpr_customers_source AS (SELECT 1 AS n UNION ALL "
+    "SELECT n + 1 FROM fpr_customers_source WHERE n < 3) SELECT * FROM fpr_customers_source) q, "
+    "fpr_customers_source",
+    # identifiers fold case in ASCII only: the Kelvin sign is not a k to the warehouse
+    "unicode fold": 'WITH "duc\u212adb_tables" AS (SELECT 1 AS a) SELECT * FROM duckdb_tables',
+    # a scalar subquery in the select list
+    "scalar": "SELECT (WITH sqlite_master AS (SELECT 1 AS a) SELECT count(*) FROM sqlite_master), "
+    "(SELECT count(*) FROM sqlite_master) FROM fpr_records",
+}
+
+SCOPED_GOOD = [
+    # shadowing: the inner s hides the outer s inside its query only
+    """WITH s AS (SELECT customer_segment FROM fpr_records)
+       SELECT (SELECT count(*) FROM (WITH s AS (SELECT 1 AS one) SELECT * FROM s) t) AS inner_n,
+              count(*) AS outer_n FROM s""",
+    # an outer CTE is visible in nested subqueries and in later siblings
+    """WITH a AS (SELECT customer_id FROM fpr_records), b AS (SELECT * FROM a)
+       SELECT count(*) FROM fpr_records WHERE customer_id IN (SELECT customer_id FROM b)""",
+    # a recursive CTE sees itself
+    """WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5)
+       SELECT n, (SELECT count(*) FROM fpr_records) AS records FROM r""",
+    # case-insensitive, as the warehouse resolves names
+    "WITH Monthly AS (SELECT count(*) AS n FROM fpr_records) SELECT n FROM MONTHLY",
+]
+
+
+@pytest.mark.parametrize("sql", SCOPE_ATTACKS.values(), ids=SCOPE_ATTACKS.keys())
+def test_a_cte_name_counts_only_where_it_is_visible(sql: str, warehouse: DuckDBWarehouse) -> None:
+    with pytest.raises(GuardRejection, match="only fpr_records may be queried, not"):
+        run_sql(warehouse, sql)
+
+
+@pytest.mark.parametrize("sql", SCOPED_GOOD)
+def test_ctes_used_where_visible_run(sql: str, warehouse: DuckDBWarehouse) -> None:
+    assert run_sql(warehouse, sql).row_count >= 1
+
+
+def test_the_model_tool_cannot_read_other_tables(warehouse: DuckDBWarehouse) -> None:
+    from tools.agent_tools import build_tools
+
+    tool = {t.name: t for t in build_tools(warehouse)}["run_guarded_sql"]
+    text = tool.invoke({"sql": SCOPE_ATTACKS["nested"]})
+    assert text.startswith("Error: Query rejected: only fpr_records may be queried")
+    assert "CREATE TABLE" not in text
+
+
+# -- resource limits ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("SELECT length(lpad('a', 2000000000, 'x'))", "lpad() pads to at most 1,000"),
+        ("SELECT rpad(customer_name, 100000, '.') FROM fpr_records", "rpad() pads to at most"),
+        ("SELECT lpad(customer_name, customer_transaction_count, '*') FROM fpr_records", "lpad()"),
+        ("SELECT repeat('x', 2000000000)", "function repeat() is not allowed"),
+        (
+            "SELECT count(*) FROM fpr_records WHERE "
+            + " OR ".join(f"account_balance = {i}" for i in range(10_000)),
+            "the statement is 258,925 characters long; the limit is 20,000",
+        ),
+    ],
+)
+def test_size_arguments_and_statements_are_capped(sql: str, reason: str) -> None:
+    with pytest.raises(GuardRejection) as info:
+        check(sql)
+    assert reason in info.value.reason
+
+
+# Grows the 749 separators 16^7-fold (to about 200 GB): every function in it is allowed
+# and no argument is a size, but the value it builds is far past any memory limit.
+GROWTH = (
+    "SELECT length(" + "replace(" * 7 + "string_agg(customer_name, 'a')"
+    + ", 'a', 'aaaaaaaaaaaaaaaa')" * 7 + ") FROM fpr_records"
+)  # fmt: skip
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_statement_past_the_memory_limit_is_stopped_outside_this_process(
+    seeded_path: Path,
+) -> None:
+    wh = DuckDBWarehouse(seeded_path, memory_limit="256MB", result_cache=0)
+    before = _peak_rss_mb()
+    try:
+        with pytest.raises(WarehouseError, match="memory"):
+            run_sql(wh, GROWTH, timeout_s=60)
+        # The warehouse answers the next query as before.
+        assert run_sql(wh, "SELECT count(*) AS n FROM fpr_records").rows == [{"n": 750}]
+    finally:
+        wh.close()
+    assert _peak_rss_mb() - before < 100
+
+
+def test_a_statement_that_cannot_be_interrupted_still_ends_at_its_timeout(
+    seeded_path: Path,
+) -> None:
+    import time
+
+    wh = DuckDBWarehouse(seeded_path, memory_limit="2GB", result_cache=0)
+    started = time.monotonic()
+    try:
+        with pytest.raises((QueryTimeout, WarehouseError)):
+            run_sql(wh, GROWTH, timeout_s=1.0)
+    finally:
+        wh.close()
+    assert time.monotonic() - started < 1.0 + 2.0
+
+
+def test_the_guards_own_analysis_counts_toward_the_timeout(warehouse: DuckDBWarehouse) -> None:
+    # Just under the size cap, and slow to analyse (sqlglot's qualify is quadratic here).
+    heavy = "SELECT count(*) FROM fpr_records WHERE " + " OR ".join(
+        f"account_balance = {i}" for i in range(780)
+    )
+    assert len(heavy) < 20_000
+    with pytest.raises(QueryTimeout):
+        run_sql(warehouse, heavy, timeout_s=0.05)
+
+
+# -- inputs that crashed ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("SELECT " + "(" * 45 + "1" + ")" * 45, "nests 45 levels deep; the limit is 32"),
+        ("SELECT " + "(" * 500 + "1" + ")" * 500, "nests 500 levels deep"),
+        ("SELECT " + "NOT " * 3000 + "TRUE", "nests too deeply"),
+        (
+            "SELECT * FROM " + "(SELECT * FROM " * 40 + "fpr_records" + ") x" * 40,
+            "nests 40 levels deep",
+        ),
+        ("SELECT '\udc80' AS x", "not valid text"),
+        ("SELECT customer_name FROM fpr_records WHERE customer_name = '\ud800'", "U+D800"),
+    ],
+)
+def test_inputs_that_crashed_are_refused(sql: str, reason: str, warehouse: DuckDBWarehouse) -> None:
+    with pytest.raises(GuardRejection) as info:
+        run_sql(warehouse, sql)
+    assert reason in info.value.reason
+
+
+def test_timestamps_with_time_zone_come_back(warehouse: DuckDBWarehouse) -> None:
+    ev = run_sql(warehouse, "SELECT CURRENT_TIMESTAMP AS now, to_timestamp(0) AS epoch")
+    assert ev.rows[0]["epoch"].startswith("1970-01-01")
+    assert ev.rows[0]["now"][:4].isdigit()
