@@ -111,7 +111,6 @@ async def portfolio_data_preparation(
         f"in {time.perf_counter() - started:.1f} s"
     )
     record = {"focus_area": "portfolio", "step": SHARED_STEP, "detail": detail}
-    writer({"type": "step_finish", **record})
     return {"shared_evidence": evidence, "steps": [record]}
 
 
@@ -158,7 +157,6 @@ async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) ->
         f"{ungrounded} ungrounded numbers"
     )
     record = {"focus_area": "portfolio", "step": SUMMARY_STEP, "detail": detail}
-    writer({"type": "step_finish", **record})
     return {"summary": summary, "steps": [record]}
 
 

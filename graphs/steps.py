@@ -1,9 +1,13 @@
 """The step wrapper every node goes through, and the data helpers steps share.
 
 `area_step` turns `async def step(state, runtime) -> (update, detail)` into a graph node
-that emits `step_start` / `step_finish` custom stream events (the finish event carries the
-detail line with the numbers the step computed), appends a step record to the state and
-opens an MLflow span. Evidence and findings get their ids here, once.
+that emits a `step_start` custom stream event, appends a step record (with the detail line
+of the numbers the step computed) to the state and opens an MLflow span. Evidence and
+findings get their ids here, once.
+
+A step's record is part of its state update, so it is checkpointed with the step's
+results: the one fact of the step having finished. `service.runs.run_focus` announces
+`step_finish` from the checkpoints as they are stored, never before.
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
                 "detail": detail,
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
             }
-            writer({"type": "step_finish", **record})
             update = dict(update)
             known = {e["id"] for e in state.get("evidence", [])}
             if "evidence" in update:
@@ -86,6 +89,11 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
         return node
 
     return wrap
+
+
+def step_key(record: dict[str, Any]) -> str:
+    """Return what names a step within a run: its focus area and step name."""
+    return f"{record.get('focus_area', '')}:{record.get('step', '')}"
 
 
 def request_key(metric_id: str, params: dict[str, Any] | None = None) -> str:

@@ -295,8 +295,10 @@ class _Progress:
                 self.console.print(f"> {area}: {event['step']}")
         elif event.get("type") == "step_finish":
             position = f"[{event['index']}/{event['total']}] " if "index" in event else ""
+            # A resumed run first lists the steps an earlier attempt finished.
+            done = "[dim]kept[/]" if event.get("kept") else "[green]done[/]"
             self.console.print(
-                f"[green]done[/] {position}{area}: {event['step']} - {event.get('detail', '')}"
+                f"{done} {position}{area}: {event['step']} - {event.get('detail', '')}"
             )
 
     def stop(self) -> None:

@@ -246,10 +246,11 @@ class RunManager:
         future.add_done_callback(lambda f: self._appended(run_id, f))
         self._pending.setdefault(run_id, []).append(future)
 
-    def _appended(self, run_id: str, future: asyncio.Future[Event]) -> None:
+    def _appended(self, run_id: str, future: asyncio.Future[Event | None]) -> None:
         """Keep a stored event in the live log (callbacks run in append order)."""
-        if not future.cancelled() and future.exception() is None:
+        if not future.cancelled() and future.exception() is None and future.result() is not None:
             event = future.result()
+            assert event is not None
             log = self._log.get(run_id)
             if log and log[-1].seq == event.seq - 1:
                 log.append(event)

@@ -4,6 +4,11 @@ Every run has a thread id and checkpoints after every step with `durability="syn
 run that failed, was stopped or whose process was killed resumes at the step that did not
 finish, without redoing finished ones. One MLflow trace per run (spans for each step,
 query and model call come from the graphs); its id is on the result.
+
+A step counts as finished once a stored checkpoint holds its record: `step_finish` is
+announced from the checkpoints stream as they are written, and a resumed run first
+announces again (marked `kept`) every step its checkpoints already hold, so whoever
+records the events (once per step) ends with every step after any kill.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import StateSnapshot
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
+from graphs.steps import step_key
 from tools.settings import current, project_home
 
 ALL = "all"
@@ -155,6 +162,15 @@ class RunResult:
     steps_run: list[str] = field(default_factory=list)
 
 
+def checkpointed_steps(snapshot: StateSnapshot) -> list[dict[str, Any]]:
+    """Return the step records a thread's checkpoints hold, its subgraphs' included."""
+    found = list(snapshot.values.get("steps") or [])
+    for task in snapshot.tasks:
+        if isinstance(task.state, StateSnapshot):
+            found += checkpointed_steps(task.state)
+    return found
+
+
 class ThreadError(ValueError):
     """A thread id was reused for a new run, or a resume names a thread with nothing to do."""
 
@@ -185,12 +201,24 @@ async def run_focus(
         if saver is None:
             saver = await stack.enter_async_context(open_checkpointer(checkpoints))
         graph = compiled(focus, builder, saver)
-        snapshot = await graph.aget_state(config)
+        snapshot = await graph.aget_state(config, subgraphs=True)
         started = bool(snapshot.values) or bool(snapshot.next)
         if resume and not started:
             raise ThreadError(
                 f"Thread {thread_id} has no run to resume; start one without --resume."
             )
+        announced: set[str] = set()
+
+        def finished(record: dict[str, Any], kept: bool = False) -> None:
+            key = step_key(record)
+            if key not in announced:
+                announced.add(key)
+                if on_event:
+                    on_event({"type": "step_finish", **record, **({"kept": True} if kept else {})})
+
+        if resume:
+            for record in checkpointed_steps(snapshot):
+                finished(record, kept=True)
         if resume and not snapshot.next:
             result.status, result.output = "succeeded", dict(snapshot.values)
             return result
@@ -214,14 +242,18 @@ async def run_focus(
                     }
                 )
             try:
-                async for _ns, _mode, chunk in graph.astream(
+                async for _ns, mode, chunk in graph.astream(
                     payload,
                     config,
                     context=context,
-                    stream_mode=["custom"],
+                    stream_mode=["custom", "checkpoints"],
                     subgraphs=True,
                     durability="sync",
                 ):
+                    if mode == "checkpoints":  # stored: its steps have finished
+                        for record in chunk["values"].get("steps") or []:
+                            finished(record)
+                        continue
                     if chunk.get("type") == "step_start":
                         result.steps_run.append(f"{chunk.get('focus_area')}:{chunk.get('step')}")
                     if on_event:

@@ -5,6 +5,10 @@ and every event it emitted a row of `events`, numbered per run from 1. Both surv
 restart: the history lists old runs, and a client reading a run's events after a restart
 gets the whole story. All methods are blocking; the service calls them from one worker
 thread, so writes land in the order they were made and a read sees every earlier write.
+
+A step's `step_finish` is kept once per run (keyed by its focus area and step): a resumed
+run announces again the steps its checkpoints hold, and only those the log lacks (lost
+when the process died) are added.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from graphs.steps import step_key
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -45,8 +51,14 @@ CREATE TABLE IF NOT EXISTS events (
   type TEXT NOT NULL,
   data TEXT NOT NULL,
   at REAL NOT NULL,
+  step TEXT,
   PRIMARY KEY (run_id, seq)
 );
+"""
+# Stores made before steps were keyed get the column; the index works on both.
+_MIGRATIONS = (("events", "step", "ALTER TABLE events ADD COLUMN step TEXT"),)
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS events_step ON events (run_id, step) WHERE step IS NOT NULL;
 """
 
 
@@ -119,6 +131,11 @@ class RunStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            for table, column, ddl in _MIGRATIONS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(ddl)
+            self._db.executescript(_INDEXES)
         self._seq: dict[str, int] = {}
 
     def close(self) -> None:
@@ -218,11 +235,22 @@ class RunStore:
         return [_record(r) for r in rows]
 
     # -- events --------------------------------------------------------------------
-    def append(self, run_id: str, type_: str, data: dict[str, Any]) -> Event:
-        """Append an event to a run's log; return it as `events` would read it back."""
+    def append(self, run_id: str, type_: str, data: dict[str, Any]) -> Event | None:
+        """Append an event to a run's log; return it as `events` would read it back.
+
+        A `step_finish` of a step the log already holds is not added again: None.
+        """
         text = json.dumps(data, default=str)
         at = time.time()
+        step = step_key(data) if type_ == "step_finish" else None
         with self._lock:
+            if (
+                step is not None
+                and self._db.execute(
+                    "SELECT 1 FROM events WHERE run_id = ? AND step = ?", (run_id, step)
+                ).fetchone()
+            ):
+                return None
             seq = self._seq.get(run_id)
             if seq is None:
                 row = self._db.execute(
@@ -231,8 +259,8 @@ class RunStore:
                 seq = int(row[0])
             seq += 1
             self._db.execute(
-                "INSERT INTO events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
-                (run_id, seq, type_, text, at),
+                "INSERT INTO events (run_id, seq, type, data, at, step) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, seq, type_, text, at, step),
             )
             self._seq[run_id] = seq
         return Event(seq, type_, json.loads(text), at)

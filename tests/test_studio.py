@@ -98,16 +98,24 @@ def test_a_graph_runs_through_the_sdk_with_live_steps(server: str, large_path: P
             "optimization-opportunities",
             input={"question": "Where does acceptance lag?"},
             context={"warehouse": f"duckdb:///{large_path}", "segment": "Small Business"},
-            stream_mode="custom",
+            stream_mode=["custom", "updates"],
         ):
             if part.event == "custom":
                 events.append(part.data)
+            elif part.event == "updates":  # a finished step's record is part of its update
+                events += [
+                    {"type": "step_finish", **record}
+                    for update in part.data.values()
+                    for record in (update or {}).get("steps", [])
+                ]
         state = await client.threads.get_state(thread["thread_id"])
         return events, state["values"]
 
     events, values = asyncio.run(go())
+    started = [e["step"] for e in events if e["type"] == "step_start"]
     finished = [e["step"] for e in events if e["type"] == "step_finish"]
-    assert finished[0] == "Banking Optimization Data Preparation" and len(finished) == 6
+    assert finished == started and len(finished) == 6
+    assert finished[0] == "Banking Optimization Data Preparation"
     report = values["report"]
     assert report["focus_area"] == "optimization-opportunities"
     assert "Small Business" in report["scope"]

