@@ -38,40 +38,66 @@ from urllib3.util.retry import Retry
 TABLE = "fpr_records"
 REJECTED = "fpr_rejected_records"
 
-# The API contract's fields and their types (the SDK's type names).
-COLUMNS: dict[str, str] = {
-    "record_id": "STRING",
-    "customer_id": "STRING",
-    "customer_name": "STRING",
-    "customer_email": "STRING",
-    "customer_segment": "STRING",
-    "customer_lifecycle_stage": "STRING",
-    "customer_lifecycle_stage_transition_date": "NAIVE_DATE",
-    "account_balance": "DOUBLE",
-    "transaction_history": "STRING",
-    "customer_transaction_value": "DOUBLE",
-    "customer_transaction_count": "LONG",
-    "product_id": "STRING",
-    "product_name": "STRING",
-    "product_type": "STRING",
-    "product_terms": "STRING",
-    "product_sales_amount": "DOUBLE",
-    "product_sales_date": "NAIVE_DATE",
-    "product_recommendation": "STRING",
-    "product_recommendation_date": "NAIVE_DATE",
-    "product_recommendation_status": "STRING",
-    "recommendation_score": "DOUBLE",
-    "customer_product_usage": "STRING",
-    "customer_product_usage_trend": "STRING",
-    "customer_product_interests": "STRING",
-    "customer_product_affinity": "DOUBLE",
-    "customer_product_affinity_trend": "STRING",
-    "customer_satisfaction_score": "DOUBLE",
-    "customer_churn_probability": "DOUBLE",
-    "last_updated_epoch": "LONG",
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the API contract: its SDK type and, for a number, the range it must lie in.
+
+    `low` and `high` are inclusive; None leaves that side open. Every field but a nullable
+    one must have a value. These mirror `tools/schema.py` (this file ships alone, so it
+    cannot import it); a test keeps the two agreeing.
+    """
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    nullable: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The allowed range in words ("0-1", "0 or more")."""
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}-{self.high:g}"
+        if self.low is not None:
+            return f"{self.low:g} or more"
+        return f"{self.high:g} or less"
+
+
+FIELDS: dict[str, Field] = {
+    "record_id": Field("STRING"),
+    "customer_id": Field("STRING"),
+    "customer_name": Field("STRING"),
+    "customer_email": Field("STRING"),
+    "customer_segment": Field("STRING"),
+    "customer_lifecycle_stage": Field("STRING"),
+    "customer_lifecycle_stage_transition_date": Field("NAIVE_DATE"),
+    # No bound: an overdrawn account has a negative balance.
+    "account_balance": Field("DOUBLE"),
+    "transaction_history": Field("STRING"),
+    "customer_transaction_value": Field("DOUBLE", low=0),
+    "customer_transaction_count": Field("LONG", low=0),
+    "product_id": Field("STRING"),
+    "product_name": Field("STRING"),
+    "product_type": Field("STRING"),
+    "product_terms": Field("STRING"),
+    "product_sales_amount": Field("DOUBLE", low=0),
+    # Empty when no sale was made.
+    "product_sales_date": Field("NAIVE_DATE", nullable=True),
+    "product_recommendation": Field("STRING"),
+    "product_recommendation_date": Field("NAIVE_DATE"),
+    "product_recommendation_status": Field("STRING"),
+    "recommendation_score": Field("DOUBLE", low=0, high=1),
+    "customer_product_usage": Field("STRING"),
+    "customer_product_usage_trend": Field("STRING"),
+    "customer_product_interests": Field("STRING"),
+    "customer_product_affinity": Field("DOUBLE", low=0, high=1),
+    "customer_product_affinity_trend": Field("STRING"),
+    "customer_satisfaction_score": Field("DOUBLE", low=0, high=1),
+    "customer_churn_probability": Field("DOUBLE", low=0, high=1),
+    "last_updated_epoch": Field("LONG", low=0),
 }
-# Empty when no sale was made; every other field must have a value.
-NULLABLE = frozenset({"product_sales_date"})
+# The columns of `fpr_records` as the SDK declares them.
+COLUMNS: dict[str, str] = {name: field.type for name, field in FIELDS.items()}
 
 REJECTED_COLUMNS: dict[str, str] = {
     "rejection_id": "STRING",
@@ -282,35 +308,44 @@ def fetch_page(session: requests.Session, settings: Settings, cursor: str | None
 
 
 def _problem(name: str, value: Any) -> str | None:
-    kind = COLUMNS[name]
+    """Return how `value` breaks the contract of field `name`; None when it keeps it."""
+    field = FIELDS[name]
     if value is None:
-        return None if name in NULLABLE else f"{name} is empty"
-    if kind == "STRING":
+        return None if field.nullable else f"{name} is empty"
+    if field.type == "STRING":
         if not isinstance(value, str):
             return f"{name} is not text: {value!r}"
         if name == "record_id" and not value.strip():
             return "record_id is empty"
-    elif kind == "DOUBLE":
-        try:
-            number = None if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError, OverflowError):
-            number = None
-        if number is None or not isinstance(value, int | float) or not math.isfinite(number):
-            return f"{name} is not a number: {value!r:.60}"
-    elif kind == "LONG":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not INT64[0] <= value <= INT64[1]
-        ):
-            return f"{name} is not a whole number in the 64-bit range: {value!r:.60}"
-    elif kind == "NAIVE_DATE":
+        return None
+    if field.type == "NAIVE_DATE":
         try:
             if not isinstance(value, str) or len(value) != 10:
                 raise ValueError(value)
             datetime.date.fromisoformat(value)
         except ValueError:
             return f"{name} is not a YYYY-MM-DD date: {value!r}"
+        return None
+    if field.type == "DOUBLE":
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not isinstance(value, int | float):
+            return f"{name} is not a number: {value!r:.60}"
+        if not math.isfinite(number):
+            return f"{name} is not a finite number (NaN or infinity): {value!r:.60}"
+    elif field.type == "LONG":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not INT64[0] <= value <= INT64[1]
+        ):
+            return f"{name} is not a whole number in the 64-bit range: {value!r:.60}"
+    if (field.low is not None and value < field.low) or (
+        field.high is not None and value > field.high
+    ):
+        return f"{name} is out of range (must be {field.range_text}): {value!r:.60}"
     return None
 
 

@@ -150,7 +150,7 @@ async def _cut(text: str) -> AsyncIterator[str]:
 
 def _break(records: list[dict[str, Any]], count: int) -> None:
     """Break the contract in the first `count` records, each in a different way."""
-    ways = ("missing", "text_number", "bad_date", "empty_id")
+    ways = ("missing", "text_number", "bad_date", "empty_id", "out_of_range")
     for i, record in enumerate(records[:count]):
         way = ways[i % len(ways)]
         if way == "missing":
@@ -159,8 +159,10 @@ def _break(records: list[dict[str, Any]], count: int) -> None:
             record["account_balance"] = "a lot"
         elif way == "bad_date":
             record["product_recommendation_date"] = "31/02/2024"
-        else:
+        elif way == "empty_id":
             record["record_id"] = ""
+        else:
+            record["customer_churn_probability"] = 1.5
 
 
 def create_app(store: SourceStore, api_key: str) -> FastAPI:

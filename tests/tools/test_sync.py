@@ -383,12 +383,12 @@ def test_bad_keys_pages_and_settings_fail_with_clear_messages(syncer: Syncer) ->
 
 def test_records_that_break_the_contract_are_counted_and_kept_aside(syncer: Syncer) -> None:
     syncer.api.admin(
-        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 4}]}
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 5}]}
     )
     result = syncer()
-    assert (result.fetched, result.rejected) == (746, 4)
-    assert len(warehouse_records(syncer.warehouse)) == 746
-    assert sum("rejected record" in line for line in syncer.log) == 4
+    assert (result.fetched, result.rejected) == (745, 5)
+    assert len(warehouse_records(syncer.warehouse)) == 745
+    assert sum("rejected record" in line for line in syncer.log) == 5
     rejected = read(
         syncer.folder / "files" / "warehouse.db",
         "SELECT problems FROM tester.fpr_rejected_records ORDER BY problems",
@@ -399,9 +399,10 @@ def test_records_that_break_the_contract_are_counted_and_kept_aside(syncer: Sync
         "account_balance is not a number: 'a lot'",
         "product_recommendation_date is not a YYYY-MM-DD date: '31/02/2024'",
         "record_id is empty",
+        "customer_churn_probability is out of range (must be 0-1): 1.5",
     ):
         assert reason in problems
-    assert read_state(syncer.folder)["rejected_total"] == 4
+    assert read_state(syncer.folder)["rejected_total"] == 5
 
 
 def test_a_seeded_table_is_replaced_only_when_asked(syncer: Syncer) -> None:
