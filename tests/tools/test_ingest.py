@@ -308,7 +308,6 @@ def test_bad_fivetran_columns_are_listed_and_keep_the_old_table(
     assert info.value.problems == [
         "column _fivetran_synced: 1 value(s) that are not timestamp, e.g. 'yesterday' "
         "at data row 3",
-        "column _fivetran_deleted: 2 value(s) that are not boolean, e.g. 'maybe' "
-        "at data row 2",
+        "column _fivetran_deleted: 2 value(s) that are not boolean, e.g. 'maybe' at data row 2",
     ]
     assert _records(target) == before
