@@ -205,9 +205,15 @@ def test_planned_faults_hit_the_next_requests_in_order(source_api: SourceApi) ->
         assert broken[4]["customer_churn_probability"] == 1.5
         assert all(set(r) == set(COLUMN_NAMES) for r in broken[5:])
         assert c.get("/fpr_data").status_code == 200
+        source_api.admin(
+            "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "offset": 7}]}
+        )
+        shifted = c.get("/fpr_data").json()["records"]
+        assert "customer_segment" not in shifted[7]
+        assert all(set(r) == set(COLUMN_NAMES) for r in shifted[:7] + shifted[8:])
     stats = source_api.admin("GET", "/admin/stats")
-    assert stats["statuses"] == {"200": 4, "429": 1, "500": 1}
-    assert stats["faults_pending"] == 0 and stats["requests"] == 6
+    assert stats["statuses"] == {"200": 5, "429": 1, "500": 1}
+    assert stats["faults_pending"] == 0 and stats["requests"] == 7
     source_api.admin("POST", "/admin/faults", json={"faults": [{"kind": "status"}]})
     assert source_api.admin("DELETE", "/admin/faults")["faults_pending"] == 0
 
