@@ -8,8 +8,13 @@ the next sync asks only for records updated since.
 Requests that fail the way busy APIs do (429, 5xx, timeouts, dropped connections) are
 retried with exponential backoff, waiting as long as a `Retry-After` header asks (up to a
 cap); once the retry budget is spent the sync stops with a message saying what failed.
-A record that breaks the API contract is not loaded into `fpr_records`: it is logged,
-counted and kept, with the reasons, in `fpr_rejected_records`.
+A record that breaks the API contract (a field missing or empty, text where a number
+belongs, a number that is not finite or outside its range, a date that is not
+`YYYY-MM-DD`) is not loaded into `fpr_records`: it is logged, counted and kept, with the
+reasons, in `fpr_rejected_records`. It is also held back: the state remembers its page
+(the cursor before it and how far in it sat), and every sync asks for that page again
+before anything else, landing only the held-back records that now arrive intact, until
+none is left. `last_sync.held_back` in the state counts the records still held back.
 
 Configuration (all values are strings, as Fivetran stores them):
 `base_url`, `api_key` (required); `page_size` (1-200, default 100), `max_retries` (6),
@@ -38,40 +43,66 @@ from urllib3.util.retry import Retry
 TABLE = "fpr_records"
 REJECTED = "fpr_rejected_records"
 
-# The API contract's fields and their types (the SDK's type names).
-COLUMNS: dict[str, str] = {
-    "record_id": "STRING",
-    "customer_id": "STRING",
-    "customer_name": "STRING",
-    "customer_email": "STRING",
-    "customer_segment": "STRING",
-    "customer_lifecycle_stage": "STRING",
-    "customer_lifecycle_stage_transition_date": "NAIVE_DATE",
-    "account_balance": "DOUBLE",
-    "transaction_history": "STRING",
-    "customer_transaction_value": "DOUBLE",
-    "customer_transaction_count": "LONG",
-    "product_id": "STRING",
-    "product_name": "STRING",
-    "product_type": "STRING",
-    "product_terms": "STRING",
-    "product_sales_amount": "DOUBLE",
-    "product_sales_date": "NAIVE_DATE",
-    "product_recommendation": "STRING",
-    "product_recommendation_date": "NAIVE_DATE",
-    "product_recommendation_status": "STRING",
-    "recommendation_score": "DOUBLE",
-    "customer_product_usage": "STRING",
-    "customer_product_usage_trend": "STRING",
-    "customer_product_interests": "STRING",
-    "customer_product_affinity": "DOUBLE",
-    "customer_product_affinity_trend": "STRING",
-    "customer_satisfaction_score": "DOUBLE",
-    "customer_churn_probability": "DOUBLE",
-    "last_updated_epoch": "LONG",
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the API contract: its SDK type and, for a number, the range it must lie in.
+
+    `low` and `high` are inclusive; None leaves that side open. Every field but a nullable
+    one must have a value. These mirror `tools/schema.py` (this file ships alone, so it
+    cannot import it); a test keeps the two agreeing.
+    """
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    nullable: bool = False
+
+    @property
+    def range_text(self) -> str:
+        """The allowed range in words ("0-1", "0 or more")."""
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}-{self.high:g}"
+        if self.low is not None:
+            return f"{self.low:g} or more"
+        return f"{self.high:g} or less"
+
+
+FIELDS: dict[str, Field] = {
+    "record_id": Field("STRING"),
+    "customer_id": Field("STRING"),
+    "customer_name": Field("STRING"),
+    "customer_email": Field("STRING"),
+    "customer_segment": Field("STRING"),
+    "customer_lifecycle_stage": Field("STRING"),
+    "customer_lifecycle_stage_transition_date": Field("NAIVE_DATE"),
+    # No bound: an overdrawn account has a negative balance.
+    "account_balance": Field("DOUBLE"),
+    "transaction_history": Field("STRING"),
+    "customer_transaction_value": Field("DOUBLE", low=0),
+    "customer_transaction_count": Field("LONG", low=0),
+    "product_id": Field("STRING"),
+    "product_name": Field("STRING"),
+    "product_type": Field("STRING"),
+    "product_terms": Field("STRING"),
+    "product_sales_amount": Field("DOUBLE", low=0),
+    # Empty when no sale was made.
+    "product_sales_date": Field("NAIVE_DATE", nullable=True),
+    "product_recommendation": Field("STRING"),
+    "product_recommendation_date": Field("NAIVE_DATE"),
+    "product_recommendation_status": Field("STRING"),
+    "recommendation_score": Field("DOUBLE", low=0, high=1),
+    "customer_product_usage": Field("STRING"),
+    "customer_product_usage_trend": Field("STRING"),
+    "customer_product_interests": Field("STRING"),
+    "customer_product_affinity": Field("DOUBLE", low=0, high=1),
+    "customer_product_affinity_trend": Field("STRING"),
+    "customer_satisfaction_score": Field("DOUBLE", low=0, high=1),
+    "customer_churn_probability": Field("DOUBLE", low=0, high=1),
+    "last_updated_epoch": Field("LONG", low=0),
 }
-# Empty when no sale was made; every other field must have a value.
-NULLABLE = frozenset({"product_sales_date"})
+# The columns of `fpr_records` as the SDK declares them.
+COLUMNS: dict[str, str] = {name: field.type for name, field in FIELDS.items()}
 
 REJECTED_COLUMNS: dict[str, str] = {
     "rejection_id": "STRING",
@@ -90,8 +121,12 @@ DEFAULTS = {
     "max_retry_after_seconds": "120",
 }
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_PAGE_SIZE = 200  # the most records the API serves in a page
 INT64 = (-(2**63), 2**63 - 1)
 LOGGED_REJECTIONS = 20  # rejections logged one by one per sync; the rest are counted
+# Pages with records held back that the state may remember; past this the source is
+# serving corrupt data wholesale and the sync stops rather than grow the state unbounded.
+MAX_HELD_BACK_PAGES = 200
 PROGRESS_EVERY_S = 10.0
 
 
@@ -135,7 +170,7 @@ def read_configuration(configuration: dict[str, Any]) -> Settings:
     return Settings(
         base_url=base_url,
         api_key=api_key,
-        page_size=_number(configuration, "page_size", int, 1, 200),
+        page_size=_number(configuration, "page_size", int, 1, MAX_PAGE_SIZE),
         max_retries=_number(configuration, "max_retries", int, 0, 20),
         backoff_seconds=_number(configuration, "backoff_seconds", float, 0, 60),
         timeout_seconds=_number(configuration, "timeout_seconds", float, 0.1, 600),
@@ -226,10 +261,15 @@ def _get(
     raise AssertionError("unreachable")
 
 
-def fetch_page(session: requests.Session, settings: Settings, cursor: str | None) -> dict[str, Any]:
-    """Return one page after `cursor`; raise RuntimeError saying what went wrong."""
+def fetch_page(
+    session: requests.Session, settings: Settings, cursor: str | None, size: int | None = None
+) -> dict[str, Any]:
+    """Return one page (`size` records, else the configured page size) after `cursor`.
+
+    Raise RuntimeError saying what went wrong.
+    """
     url = f"{settings.base_url}/fpr_data"
-    params: dict[str, Any] = {"page_size": settings.page_size}
+    params: dict[str, Any] = {"page_size": size or settings.page_size}
     if cursor:
         params["cursor"] = cursor
     where = f"the page after cursor {cursor!r}" if cursor else "the first page"
@@ -282,35 +322,44 @@ def fetch_page(session: requests.Session, settings: Settings, cursor: str | None
 
 
 def _problem(name: str, value: Any) -> str | None:
-    kind = COLUMNS[name]
+    """Return how `value` breaks the contract of field `name`; None when it keeps it."""
+    field = FIELDS[name]
     if value is None:
-        return None if name in NULLABLE else f"{name} is empty"
-    if kind == "STRING":
+        return None if field.nullable else f"{name} is empty"
+    if field.type == "STRING":
         if not isinstance(value, str):
             return f"{name} is not text: {value!r}"
         if name == "record_id" and not value.strip():
             return "record_id is empty"
-    elif kind == "DOUBLE":
-        try:
-            number = None if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError, OverflowError):
-            number = None
-        if number is None or not isinstance(value, int | float) or not math.isfinite(number):
-            return f"{name} is not a number: {value!r:.60}"
-    elif kind == "LONG":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not INT64[0] <= value <= INT64[1]
-        ):
-            return f"{name} is not a whole number in the 64-bit range: {value!r:.60}"
-    elif kind == "NAIVE_DATE":
+        return None
+    if field.type == "NAIVE_DATE":
         try:
             if not isinstance(value, str) or len(value) != 10:
                 raise ValueError(value)
             datetime.date.fromisoformat(value)
         except ValueError:
             return f"{name} is not a YYYY-MM-DD date: {value!r}"
+        return None
+    if field.type == "DOUBLE":
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not isinstance(value, int | float):
+            return f"{name} is not a number: {value!r:.60}"
+        if not math.isfinite(number):
+            return f"{name} is not a finite number (NaN or infinity): {value!r:.60}"
+    elif field.type == "LONG":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not INT64[0] <= value <= INT64[1]
+        ):
+            return f"{name} is not a whole number in the 64-bit range: {value!r:.60}"
+    if (field.low is not None and value < field.low) or (
+        field.high is not None and value > field.high
+    ):
+        return f"{name} is out of range (must be {field.range_text}): {value!r:.60}"
     return None
 
 
@@ -347,57 +396,218 @@ def _reject(record: Any, problems: list[str], count: int) -> None:
     )
 
 
-def update(configuration: dict[str, Any], state: dict[str, Any]) -> None:
-    """Fetch the records updated since the state's cursor and upsert them, page by page."""
-    settings = read_configuration(configuration)
-    cursor = state.get("cursor")
-    rejected_total = int(state.get("rejected_total", 0))
-    session = open_session(settings)
-    pages = records = rejected = 0
-    started = last_report = time.monotonic()
-    log.info(
-        f"syncing from {settings.base_url}, "
-        + (f"records updated after cursor {cursor}" if cursor else "all records (first sync)")
-    )
-    while True:
-        page = fetch_page(session, settings, cursor)
-        for record in page["records"]:
+# Where a record sits in the API's order: (last_updated_epoch, record_id).
+Position = tuple[int, str]
+# Between two landed records (None: the start or the end of the range), one or more
+# records were rejected.
+Gap = tuple[Position | None, Position | None]
+
+
+def _position(value: Any) -> Position | None:
+    """Return a position kept in the state as [epoch, id]; None for anything else."""
+    if isinstance(value, list) and len(value) == 2:
+        epoch, record_id = value
+        if isinstance(epoch, int) and isinstance(record_id, str):
+            return (epoch, record_id)
+    return None
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """Records of one page that broke the contract and have not been landed yet.
+
+    The API has no way to ask for one record, and a rejected record's id or epoch may be
+    the very field that is broken. So the page is remembered by the cursor the API gave
+    before it (`after`; None: the first page), how far into it the last rejected record
+    was (`size`) and the landed records between which the rejected ones sat (`gaps`).
+    Records only ever move to the end of the API's order (a change gives them a newer
+    epoch), so asking for `size` records after `after` again reaches every record still
+    held back there, and a valid record outside the gaps is one already landed.
+    """
+
+    after: str | None
+    size: int
+    gaps: tuple[Gap, ...]
+    records: int
+
+    def holds(self, position: Position) -> bool:
+        """Whether a record at `position` was among those held back."""
+        return any(
+            (low is None or low < position) and (high is None or position < high)
+            for low, high in self.gaps
+        )
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> dict[str | None, HeldBack]:
+        """Return the pages held back in `state`, by the cursor before them."""
+        held: dict[str | None, HeldBack] = {}
+        entries = state.get("held_back")
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            after, size, records = (entry.get(k) for k in ("after", "size", "records"))
+            if not (after is None or isinstance(after, str)) or not isinstance(size, int):
+                continue
+            gaps = tuple(
+                (_position(gap[0]), _position(gap[1]))
+                for gap in entry.get("gaps") or []
+                if isinstance(gap, list) and len(gap) == 2
+            )
+            # Without gaps every record of the range counts as held back: landing one
+            # twice costs a write, skipping one would lose it.
+            held[after] = cls(
+                after,
+                min(max(1, size), MAX_PAGE_SIZE),
+                gaps or ((None, None),),
+                records if isinstance(records, int) else 0,
+            )
+        return held
+
+    def to_state(self) -> dict[str, Any]:
+        """Return the entry as the state keeps it (JSON)."""
+        return {
+            "after": self.after,
+            "size": self.size,
+            "gaps": [[None if p is None else list(p) for p in gap] for gap in self.gaps],
+            "records": self.records,
+        }
+
+
+class _Sync:
+    """One run of `update()`: what it landed, rejected and still holds back."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        """Start from the state the last sync checkpointed."""
+        self.cursor: str | None = state.get("cursor")
+        self.held = HeldBack.from_state(state)
+        self.rejected_total = int(state.get("rejected_total", 0))
+        self.pages = self.records = self.rejected = 0
+
+    @property
+    def held_back(self) -> int:
+        """Records rejected and not landed since."""
+        return sum(h.records for h in self.held.values())
+
+    def land(self, after: str | None, page: dict[str, Any], held: HeldBack | None = None) -> None:
+        """Upsert the page's valid records; hold back the page if any broke the contract.
+
+        Asked again for a `held` page, upsert only the records it held back: the others
+        are landed already.
+        """
+        bad = reach = 0
+        gaps: list[Gap] = []
+        landed: Position | None = None  # the last valid record before the current one
+        gap_from: Position | None = None
+        in_gap = False
+        for i, record in enumerate(page["records"]):
             problems = check_record(record)
             if problems:
-                rejected += 1
-                _reject(record, problems, rejected)
-            else:
+                self.rejected += 1
+                bad, reach = bad + 1, i + 1
+                _reject(record, problems, self.rejected)
+                if not in_gap:
+                    gap_from, in_gap = landed, True
+                continue
+            position = (record["last_updated_epoch"], record["record_id"])
+            if in_gap:
+                gaps.append((gap_from, position))
+                in_gap = False
+            landed = position
+            if held is None or held.holds(position):
                 op.upsert(table=TABLE, data={name: record[name] for name in COLUMNS})
-                records += 1
-        pages += 1
-        next_cursor = page.get("next_cursor") or cursor
-        if page["has_more"] and next_cursor == cursor:
-            raise RuntimeError(
-                f"the API said more records follow cursor {cursor!r} but gave the same cursor "
-                "back; stopping rather than fetching the same page forever"
-            )
-        cursor = next_cursor
+                self.records += 1
+        if in_gap:
+            gaps.append((gap_from, None))
+        self.pages += 1
+        if bad:
+            self.held[after] = HeldBack(after, reach, tuple(gaps), bad)
+        else:
+            self.held.pop(after, None)
+
+    def checkpoint(self) -> None:
+        """Checkpoint the cursor with what is still held back."""
         op.checkpoint(
             state={
-                "cursor": cursor,
-                "rejected_total": rejected_total + rejected,
-                "last_sync": {"pages": pages, "records": records, "rejected": rejected},
+                "cursor": self.cursor,
+                "held_back": [h.to_state() for h in self.held.values()],
+                "rejected_total": self.rejected_total + self.rejected,
+                "last_sync": {
+                    "pages": self.pages,
+                    "records": self.records,
+                    "rejected": self.rejected,
+                    "held_back": self.held_back,
+                },
             }
         )
+
+
+def update(configuration: dict[str, Any], state: dict[str, Any]) -> None:
+    """Fetch the records held back before and those updated since the cursor; upsert them.
+
+    Every page is checkpointed. A record rejected for breaking the contract does not stop
+    the cursor, but its page is held back in the state and asked for again by every sync,
+    first thing, until the record arrives intact.
+    """
+    settings = read_configuration(configuration)
+    run = _Sync(state)
+    session = open_session(settings)
+    started = last_report = time.monotonic()
+    if run.held:
+        asked = run.held_back
+        log.info(
+            f"asking again for {asked:,} record(s) held back on {len(run.held):,} page(s) "
+            "for breaking the API contract"
+        )
+        for held in list(run.held.values()):
+            run.land(held.after, fetch_page(session, settings, held.after, held.size), held)
+            run.checkpoint()
+        log.info(f"{run.held_back:,} of the {asked:,} record(s) still held back")
+    log.info(
+        f"syncing from {settings.base_url}, "
+        + (
+            f"records updated after cursor {run.cursor}"
+            if run.cursor
+            else "all records (first sync)"
+        )
+    )
+    while True:
+        before = run.cursor
+        page = fetch_page(session, settings, before)
+        run.land(before, page)
+        if len(run.held) > MAX_HELD_BACK_PAGES:
+            raise RuntimeError(
+                f"records on more than {MAX_HELD_BACK_PAGES} pages broke the API contract "
+                f"({run.held_back:,} records; the reasons are in {REJECTED}): the source is "
+                "serving corrupt data. Fix it at the source, then sync again: the pages "
+                "checkpointed so far are kept, and the held-back ones are asked for again."
+            )
+        next_cursor = page.get("next_cursor") or before
+        if page["has_more"] and next_cursor == before:
+            raise RuntimeError(
+                f"the API said more records follow cursor {before!r} but gave the same cursor "
+                "back; stopping rather than fetching the same page forever"
+            )
+        run.cursor = next_cursor
+        run.checkpoint()
         now = time.monotonic()
         if now - last_report >= PROGRESS_EVERY_S or not page["has_more"]:
-            rate = records / max(now - started, 1e-9)
+            rate = run.records / max(now - started, 1e-9)
+            done = (
+                f"; {run.held_back:,} record(s) held back"
+                if run.held_back
+                else ("" if page["has_more"] else "; up to date")
+            )
             log.info(
-                f"{records:,} records in {pages:,} pages ({rate:,.0f} records/s), "
-                f"{rejected:,} rejected" + ("" if page["has_more"] else "; up to date")
+                f"{run.records:,} records in {run.pages:,} pages ({rate:,.0f} records/s), "
+                f"{run.rejected:,} rejected{done}"
             )
             last_report = now
         if not page["has_more"]:
             break
-    if rejected:
+    if run.held_back:
         log.warning(
-            f"{rejected:,} record(s) broke the API contract and were not loaded into {TABLE}; "
-            f"they are in {REJECTED} with the reasons"
+            f"{run.held_back:,} record(s) broke the API contract and are not in {TABLE}; they "
+            f"are in {REJECTED} with the reasons, and the next sync asks for them again"
         )
 
 

@@ -70,12 +70,15 @@ class Fault(BaseModel):
         description="status: answer `status` (with `Retry-After` when given); delay: wait "
         "`seconds` before answering normally; malformed: answer 200 with a body that is not "
         "JSON; cut: drop the connection halfway through the body; invalid_records: break "
-        "the contract in `count` records of the page"
+        "the contract in `count` records of the page, from the `offset`-th on"
     )
     status: int = Field(503, ge=400, le=599, description="HTTP status of a `status` fault")
     retry_after: int | None = Field(None, ge=0, description="Retry-After seconds to send")
     seconds: float = Field(0.0, ge=0, le=600, description="How long a `delay` fault waits")
     count: int = Field(1, ge=1, le=MAX_PAGE, description="Records an invalid_records fault breaks")
+    offset: int = Field(
+        0, ge=0, lt=MAX_PAGE, description="Records an invalid_records fault leaves intact first"
+    )
 
 
 class FaultPlan(BaseModel):
@@ -148,10 +151,10 @@ async def _cut(text: str) -> AsyncIterator[str]:
     raise ConnectionAbortedError("injected fault: connection dropped mid-body")
 
 
-def _break(records: list[dict[str, Any]], count: int) -> None:
-    """Break the contract in the first `count` records, each in a different way."""
-    ways = ("missing", "text_number", "bad_date", "empty_id")
-    for i, record in enumerate(records[:count]):
+def _break(records: list[dict[str, Any]], count: int, offset: int = 0) -> None:
+    """Break the contract in `count` records from the `offset`-th, each in a different way."""
+    ways = ("missing", "text_number", "bad_date", "empty_id", "out_of_range")
+    for i, record in enumerate(records[offset : offset + count]):
         way = ways[i % len(ways)]
         if way == "missing":
             record.pop("customer_segment", None)
@@ -159,8 +162,10 @@ def _break(records: list[dict[str, Any]], count: int) -> None:
             record["account_balance"] = "a lot"
         elif way == "bad_date":
             record["product_recommendation_date"] = "31/02/2024"
-        else:
+        elif way == "empty_id":
             record["record_id"] = ""
+        else:
+            record["customer_churn_probability"] = 1.5
 
 
 def create_app(store: SourceStore, api_key: str) -> FastAPI:
@@ -246,7 +251,7 @@ def create_app(store: SourceStore, api_key: str) -> FastAPI:
             text = json.dumps({"records": page.records})
             return StreamingResponse(_cut(text), media_type="application/json")
         if fault and fault.kind == "invalid_records":
-            _break(page.records, fault.count)
+            _break(page.records, fault.count, fault.offset)
         body = {"records": page.records, "next_cursor": page.next_cursor, "has_more": page.has_more}
         return Response(json.dumps(body), media_type="application/json")
 

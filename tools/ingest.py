@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import duckdb
 
@@ -184,6 +184,20 @@ def _reader_sql(source: Path) -> str:
     )
 
 
+class _Check(NamedTuple):
+    """One test of a column's values: the rows where `bad` holds are reported."""
+
+    column: str
+    text: str  # the projected column holding the value as trimmed text
+    bad: str  # SQL, true of a bad value
+    what: str | None  # what is wrong with such a value; None: it is empty
+
+
+def _text(name: str) -> str:
+    """Return the SQL for a raw column's value as trimmed text, NULL when empty."""
+    return f"NULLIF(trim(CAST(\"{name}\" AS VARCHAR)), '')"
+
+
 def _validate(con: duckdb.DuckDBPyConnection, source: Path, file_columns: list[str]) -> None:
     """Raise LoadError listing every way the raw table differs from the schema."""
     problems: list[str] = []
@@ -199,38 +213,66 @@ def _validate(con: duckdb.DuckDBPyConnection, source: Path, file_columns: list[s
     if total == 0:
         problems.append("the file has no data rows")
 
-    checks: list[tuple[str, str, str]] = []  # (column, kind, detail)
-    exprs: list[str] = []
-    for col in COLUMNS:
+    checks: list[_Check] = []
+    # Each value is trimmed and cast once, below the aggregates that test it.
+    projected: list[str] = ["fm_row"]
+    check = checks.append
+
+    for k, col in enumerate(COLUMNS):
         if col.name not in present:
             continue
-        text = f"NULLIF(trim(CAST(\"{col.name}\" AS VARCHAR)), '')"
+        text, value, whole = f"t{k}", f"v{k}", f"w{k}"
+        projected.append(f"{_text(col.name)} AS {text}")
         if not col.nullable:
-            exprs.append(f"count(*) FILTER (WHERE {text} IS NULL)")
-            exprs.append(f"min(fm_row) FILTER (WHERE {text} IS NULL)")
-            exprs.append("NULL")
-            checks.append((col.name, "empty", ""))
-        if col.type != "string":
-            bad = f"{text} IS NOT NULL AND TRY_CAST({text} AS {col.sql_type}) IS NULL"
-            exprs.append(f"count(*) FILTER (WHERE {bad})")
-            exprs.append(f"min(fm_row) FILTER (WHERE {bad})")
-            exprs.append(f"any_value({text}) FILTER (WHERE {bad})")
-            checks.append((col.name, "type", col.type))
-    if exprs and total:
-        values = con.execute(f"SELECT {', '.join(exprs)} FROM fm_raw").fetchone() or ()
-        for i, (name, kind, detail) in enumerate(checks):
-            count, first_row, example = values[3 * i : 3 * i + 3]
-            if not count:
-                continue
-            if kind == "empty":
-                problems.append(
-                    f"column {name}: {count} empty value(s), first at data row {first_row}"
+            check(_Check(col.name, text, f"{text} IS NULL", None))
+        if col.type == "string":
+            continue
+        projected.append(f"TRY_CAST({text} AS {col.sql_type}) AS {value}")
+        good = f"{value} IS NOT NULL"
+        if col.type == "bigint":
+            # Casting text to BIGINT rounds '2.5'; a whole-number column must hold whole numbers.
+            projected.append(f"TRY_CAST({text} AS DOUBLE) AS {whole}")
+            good += f" AND {whole} = {value}"
+        check(
+            _Check(
+                col.name, text, f"{text} IS NOT NULL AND NOT ({good})", f"that are not {col.type}"
+            )
+        )
+        if col.type == "double":
+            check(
+                _Check(
+                    col.name,
+                    text,
+                    f"{good} AND NOT isfinite({value})",
+                    "that are not finite numbers (NaN or infinity)",
                 )
-            else:
-                problems.append(
-                    f"column {name}: {count} value(s) that are not {detail}, e.g. {example!r} "
-                    f"at data row {first_row}"
+            )
+        outside = [f"{value} < {col.low!r}"] if col.low is not None else []
+        if col.high is not None:
+            outside.append(f"{value} > {col.high!r}")
+        if outside:
+            check(
+                _Check(
+                    col.name,
+                    text,
+                    f"{good} AND isfinite({value}) AND ({' OR '.join(outside)})",
+                    f"out of range (must be {col.range_text})",
                 )
+            )
+    for k, (name, sql_type) in enumerate(SYSTEM_COLUMNS.items()):
+        if name in present:
+            text = f"s{k}"
+            projected.append(f"{_text(name)} AS {text}")
+            check(
+                _Check(
+                    name,
+                    text,
+                    f"{text} IS NOT NULL AND TRY_CAST({text} AS {sql_type}) IS NULL",
+                    f"that are not {sql_type.lower()}",
+                )
+            )
+    if checks and total:
+        problems += _value_problems(con, ", ".join(projected), checks)
     if PRIMARY_KEY in present and total:
         dup = con.execute(
             f"SELECT {PRIMARY_KEY}, count(*) AS n FROM fm_raw WHERE {PRIMARY_KEY} IS NOT NULL "
@@ -248,6 +290,38 @@ def _validate(con: duckdb.DuckDBPyConnection, source: Path, file_columns: list[s
             )
     if problems:
         raise LoadError(source, problems)
+
+
+def _value_problems(
+    con: duckdb.DuckDBPyConnection, projected: str, checks: list[_Check]
+) -> list[str]:
+    """Run the value checks over `fm_raw`; describe each that some rows fail."""
+    rows = f"(SELECT {projected} FROM fm_raw)"
+    counts = f"SELECT {', '.join(f'count(*) FILTER (WHERE {c.bad})' for c in checks)} FROM {rows}"
+    found = con.execute(counts).fetchone() or ()
+    failed = [(check, n) for check, n in zip(checks, found, strict=True) if n]
+    if not failed:
+        return []
+    # Only for what failed (a good file skips this pass): the first bad row and its value,
+    # so the message names one cell.
+    firsts = ", ".join(
+        f"min(fm_row) FILTER (WHERE {c.bad}), arg_min({c.text}, fm_row) FILTER (WHERE {c.bad})"
+        for c, _ in failed
+    )
+    where = con.execute(f"SELECT {firsts} FROM {rows}").fetchone() or ()
+    problems = []
+    for i, (c, count) in enumerate(failed):
+        first_row, example = where[2 * i : 2 * i + 2]
+        if c.what is None:
+            problems.append(
+                f"column {c.column}: {count} empty value(s), first at data row {first_row}"
+            )
+        else:
+            problems.append(
+                f"column {c.column}: {count} value(s) {c.what}, e.g. {example!r} "
+                f"at data row {first_row}"
+            )
+    return problems
 
 
 def load_file(path: Path, source: Path, *, progress: bool = False) -> WriteResult:
@@ -274,11 +348,9 @@ def load_file(path: Path, source: Path, *, progress: bool = False) -> WriteResul
             con.execute(create_table_sql(STAGING))
             for col in system:
                 con.execute(f"ALTER TABLE {STAGING} ADD COLUMN {col} {SYSTEM_COLUMNS[col]}")
-            casts: list[Any] = [
-                f"CAST(NULLIF(trim(CAST(\"{c.name}\" AS VARCHAR)), '') AS {c.sql_type})"
-                for c in COLUMNS
-            ]
-            casts += [f"CAST({c} AS {SYSTEM_COLUMNS[c]})" for c in system]
+            # The same conversions `_validate` tried, so none of them can fail here.
+            casts = [f"CAST({_text(c.name)} AS {c.sql_type})" for c in COLUMNS]
+            casts += [f"CAST({_text(c)} AS {SYSTEM_COLUMNS[c]})" for c in system]
             names = ", ".join([*COLUMN_NAMES, *system])
             con.execute(f"INSERT INTO {STAGING} ({names}) SELECT {', '.join(casts)} FROM fm_raw")
 

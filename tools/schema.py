@@ -2,7 +2,9 @@
 
 The generator, the loader, the guarded-SQL allow-list, the warehouse backends and the
 docs all read this module, so a column is added or retyped in exactly one place.
-The columns and their meaning come from the FPR source API contract.
+The columns, their meaning and the range each number must lie in come from the FPR
+source API contract; the loader rejects values outside them. The connector (which ships
+alone and cannot import this module) checks the same ranges; a test keeps them agreeing.
 """
 
 from __future__ import annotations
@@ -26,18 +28,35 @@ SQL_TYPES: dict[LogicalType, str] = {
 
 @dataclass(frozen=True)
 class Column:
-    """One column of `fpr_records`."""
+    """One column of `fpr_records`.
+
+    A number (`double`, `bigint`) must be finite and lie within `low`..`high` (inclusive;
+    None leaves that side open).
+    """
 
     name: str
     type: LogicalType
     group: str
     description: str
     nullable: bool = False
+    low: float | None = None
+    high: float | None = None
 
     @property
     def sql_type(self) -> str:
         """The column's SQL type in the canonical dialect."""
         return SQL_TYPES[self.type]
+
+    @property
+    def range_text(self) -> str | None:
+        """The allowed range in words ("0-1", "0 or more"); None when any value goes."""
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}-{self.high:g}"
+        if self.low is not None:
+            return f"{self.low:g} or more"
+        if self.high is not None:
+            return f"{self.high:g} or less"
+        return None
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -55,6 +74,7 @@ COLUMNS: tuple[Column, ...] = (
         "Customer",
         "Date of the last lifecycle stage transition",
     ),
+    # No bound: an overdrawn account has a negative balance.
     Column("account_balance", "double", "Customer", "Current balance of the customer's account"),
     Column(
         "transaction_history", "string", "Transaction", "Summary of customer transaction history"
@@ -64,12 +84,14 @@ COLUMNS: tuple[Column, ...] = (
         "double",
         "Transaction",
         "Value of the customer's recent transactions",
+        low=0,
     ),
     Column(
         "customer_transaction_count",
         "bigint",
         "Transaction",
         "Number of recent transactions by the customer",
+        low=0,
     ),
     Column("product_id", "string", "Product", "Unique identifier for the product"),
     Column("product_name", "string", "Product", "Name of the product"),
@@ -80,6 +102,7 @@ COLUMNS: tuple[Column, ...] = (
         "double",
         "Product",
         "Amount for which the product was sold (0 when no sale was made)",
+        low=0,
     ),
     Column(
         "product_sales_date",
@@ -106,6 +129,8 @@ COLUMNS: tuple[Column, ...] = (
         "double",
         "Recommendation",
         "Score indicating the strength of the recommendation (0-1)",
+        low=0,
+        high=1,
     ),
     Column("customer_product_usage", "string", "Behaviour", "How the customer uses the product"),
     Column(
@@ -122,6 +147,8 @@ COLUMNS: tuple[Column, ...] = (
         "double",
         "Behaviour",
         "Measure of customer's preference for the product (0-1)",
+        low=0,
+        high=1,
     ),
     Column(
         "customer_product_affinity_trend",
@@ -134,18 +161,23 @@ COLUMNS: tuple[Column, ...] = (
         "double",
         "Outcome",
         "Score indicating customer satisfaction (0-1)",
+        low=0,
+        high=1,
     ),
     Column(
         "customer_churn_probability",
         "double",
         "Outcome",
         "Probability of the customer leaving (0-1)",
+        low=0,
+        high=1,
     ),
     Column(
         "last_updated_epoch",
         "bigint",
         "Record",
         "Epoch seconds of the record's last update at the source",
+        low=0,
     ),
 )
 

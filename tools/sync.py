@@ -6,7 +6,9 @@ Two stages, each safe to stop at any point:
    environment) runs `connector/connector.py` against the source API. It writes every
    page into its landing file `<workspace>/files/warehouse.db` (DuckDB, schema `tester`)
    and the connector's state into `<workspace>/files/state.json` at every checkpoint, so
-   a sync stopped midway resumes after the last page it finished.
+   a sync stopped midway resumes after the last page it finished. A record the connector
+   rejects for breaking the contract is held back in that state and asked for again by
+   every sync until it arrives intact; `SyncResult.held_back` counts those not landed yet.
 2. **Apply.** The landed rows the warehouse does not hold yet (matched on `record_id`
    and `_fivetran_synced`) replace their older versions in `fpr_records` in one
    transaction, which also rebuilds the customer snapshot and marks the table as a
@@ -95,6 +97,9 @@ class SyncResult:
     connector_s: float
     state: dict[str, Any] = field(default_factory=dict)
     landing: Path = Path()
+    # Records the connector rejected for breaking the contract and has not landed since;
+    # it asks for them again on every sync. Until this is 0 the table is not up to date.
+    held_back: int = 0
 
 
 def runner_env() -> Path:
@@ -408,6 +413,13 @@ def _merge(con: duckdb.DuckDBPyConnection, started: float) -> ApplyResult:
         con.execute("DROP TABLE IF EXISTS fm_changed")
 
 
+def held_back(state: dict[str, Any]) -> int:
+    """Return how many records the connector's state holds back (rejected, not landed)."""
+    entries = state.get("held_back")
+    entries = entries if isinstance(entries, list) else []
+    return sum(int(e.get("records") or 0) for e in entries if isinstance(e, dict))
+
+
 def read_state(folder: Path) -> dict[str, Any]:
     """Return the connector's last checkpointed state ({} before the first sync)."""
     path = folder / "files" / "state.json"
@@ -477,4 +489,5 @@ def sync(
         connector_s=connector_s,
         state=state,
         landing=landing,
+        held_back=held_back(state),
     )

@@ -184,7 +184,7 @@ def test_planned_faults_hit_the_next_requests_in_order(source_api: SourceApi) ->
             {"kind": "status", "status": 429, "retry_after": 2},
             {"kind": "status", "status": 500},
             {"kind": "malformed"},
-            {"kind": "invalid_records", "count": 4},
+            {"kind": "invalid_records", "count": 5},
         ],
     }
     assert source_api.admin("POST", "/admin/faults", json=plan)["faults_pending"] == 4
@@ -202,11 +202,18 @@ def test_planned_faults_hit_the_next_requests_in_order(source_api: SourceApi) ->
         assert broken[1]["account_balance"] == "a lot"
         assert broken[2]["product_recommendation_date"] == "31/02/2024"
         assert broken[3]["record_id"] == ""
-        assert all(set(r) == set(COLUMN_NAMES) for r in broken[4:])
+        assert broken[4]["customer_churn_probability"] == 1.5
+        assert all(set(r) == set(COLUMN_NAMES) for r in broken[5:])
         assert c.get("/fpr_data").status_code == 200
+        source_api.admin(
+            "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "offset": 7}]}
+        )
+        shifted = c.get("/fpr_data").json()["records"]
+        assert "customer_segment" not in shifted[7]
+        assert all(set(r) == set(COLUMN_NAMES) for r in shifted[:7] + shifted[8:])
     stats = source_api.admin("GET", "/admin/stats")
-    assert stats["statuses"] == {"200": 4, "429": 1, "500": 1}
-    assert stats["faults_pending"] == 0 and stats["requests"] == 6
+    assert stats["statuses"] == {"200": 5, "429": 1, "500": 1}
+    assert stats["faults_pending"] == 0 and stats["requests"] == 7
     source_api.admin("POST", "/admin/faults", json={"faults": [{"kind": "status"}]})
     assert source_api.admin("DELETE", "/admin/faults")["faults_pending"] == 0
 

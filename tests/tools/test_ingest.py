@@ -184,3 +184,130 @@ def test_writer_refuses_while_another_process_holds_the_file(target: Path) -> No
     finally:
         holder.communicate("")
     assert frame(target, "SELECT count(*) AS n FROM fpr_records").n[0] == 100
+
+
+def _with_values(replace: str) -> str:
+    """A SELECT of fpr_records with some values replaced; `rn` is the data row (from 1)."""
+    return (
+        f"SELECT * EXCLUDE (rn) REPLACE ({replace}) "
+        "FROM (SELECT *, row_number() OVER () AS rn FROM fpr_records)"
+    )
+
+
+def test_non_finite_and_out_of_range_numbers_are_rejected(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    before = _records(target)
+    bad = _export(
+        seeded_path,
+        tmp_path / "bad.csv",
+        _with_values(
+            """CASE WHEN rn = 4 THEN 'NaN' ELSE account_balance::VARCHAR END AS account_balance,
+            CASE WHEN rn = 6 THEN 'inf' ELSE customer_transaction_value::VARCHAR END
+              AS customer_transaction_value,
+            CASE WHEN rn = 5 THEN '-3' WHEN rn = 7 THEN '2.5'
+              ELSE customer_transaction_count::VARCHAR END AS customer_transaction_count,
+            CASE WHEN rn = 8 THEN '-10.5' ELSE product_sales_amount::VARCHAR END
+              AS product_sales_amount,
+            CASE WHEN rn IN (2, 9) THEN '1.7' ELSE recommendation_score::VARCHAR END
+              AS recommendation_score,
+            CASE WHEN rn = 3 THEN '-0.1' ELSE customer_product_affinity::VARCHAR END
+              AS customer_product_affinity,
+            CASE WHEN rn = 11 THEN '1.01' ELSE customer_satisfaction_score::VARCHAR END
+              AS customer_satisfaction_score,
+            CASE WHEN rn = 10 THEN '-Infinity' ELSE customer_churn_probability::VARCHAR END
+              AS customer_churn_probability,
+            CASE WHEN rn = 12 THEN '-1' ELSE last_updated_epoch::VARCHAR END
+              AS last_updated_epoch"""
+        ),
+    )
+    with pytest.raises(LoadError) as info:
+        load_file(target, bad)
+    assert info.value.problems == [
+        "column account_balance: 1 value(s) that are not finite numbers (NaN or infinity), "
+        "e.g. 'NaN' at data row 4",
+        "column customer_transaction_value: 1 value(s) that are not finite numbers "
+        "(NaN or infinity), e.g. 'inf' at data row 6",
+        "column customer_transaction_count: 1 value(s) that are not bigint, e.g. '2.5' "
+        "at data row 7",
+        "column customer_transaction_count: 1 value(s) out of range (must be 0 or more), "
+        "e.g. '-3' at data row 5",
+        "column product_sales_amount: 1 value(s) out of range (must be 0 or more), "
+        "e.g. '-10.5' at data row 8",
+        "column recommendation_score: 2 value(s) out of range (must be 0-1), e.g. '1.7' "
+        "at data row 2",
+        "column customer_product_affinity: 1 value(s) out of range (must be 0-1), "
+        "e.g. '-0.1' at data row 3",
+        "column customer_satisfaction_score: 1 value(s) out of range (must be 0-1), "
+        "e.g. '1.01' at data row 11",
+        "column customer_churn_probability: 1 value(s) that are not finite numbers "
+        "(NaN or infinity), e.g. '-Infinity' at data row 10",
+        "column last_updated_epoch: 1 value(s) out of range (must be 0 or more), "
+        "e.g. '-1' at data row 12",
+    ]
+    assert "existing fpr_records table is unchanged" in str(info.value)
+    assert _records(target) == before
+
+
+def test_a_parquet_nan_is_rejected(tmp_path: Path, seeded_path: Path, target: Path) -> None:
+    bad = _export(
+        seeded_path,
+        tmp_path / "bad.parquet",
+        _with_values(
+            "CASE WHEN rn = 2 THEN 'NaN'::DOUBLE ELSE customer_churn_probability END "
+            "AS customer_churn_probability"
+        ),
+    )
+    with pytest.raises(LoadError) as info:
+        load_file(target, bad)
+    assert info.value.problems == [
+        "column customer_churn_probability: 1 value(s) that are not finite numbers "
+        "(NaN or infinity), e.g. 'nan' at data row 2"
+    ]
+
+
+def test_values_at_the_ends_of_their_ranges_load(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    edge = _export(
+        seeded_path,
+        tmp_path / "edge.csv",
+        _with_values(
+            """CASE WHEN rn = 1 THEN -2500.75 ELSE account_balance END AS account_balance,
+            CASE WHEN rn = 1 THEN 0 ELSE customer_transaction_count END
+              AS customer_transaction_count,
+            CASE WHEN rn = 1 THEN 0.0 WHEN rn = 2 THEN 1.0 ELSE recommendation_score END
+              AS recommendation_score,
+            CASE WHEN rn = 1 THEN 1.0 ELSE customer_churn_probability END
+              AS customer_churn_probability"""
+        ),
+    )
+    assert load_file(target, edge).rows == 750
+    overdrawn = frame(target, "SELECT min(account_balance) AS low FROM fpr_records")
+    assert overdrawn.low[0] == -2500.75  # an overdrawn account is a real balance
+
+
+def test_bad_fivetran_columns_are_listed_and_keep_the_old_table(
+    tmp_path: Path, seeded_path: Path, target: Path
+) -> None:
+    before = _records(target)
+    bad = _export(
+        seeded_path,
+        tmp_path / "synced.csv",
+        """SELECT *,
+             CASE WHEN row_number() OVER () = 3 THEN 'yesterday'
+                  WHEN row_number() OVER () = 4 THEN NULL
+                  ELSE '2025-06-01 10:00:00' END AS _fivetran_synced,
+             CASE WHEN row_number() OVER () IN (2, 7) THEN 'maybe'
+                  WHEN row_number() OVER () = 5 THEN NULL
+                  ELSE 'false' END AS _fivetran_deleted
+           FROM fpr_records""",
+    )
+    with pytest.raises(LoadError) as info:
+        load_file(target, bad)
+    assert info.value.problems == [
+        "column _fivetran_synced: 1 value(s) that are not timestamp, e.g. 'yesterday' "
+        "at data row 3",
+        "column _fivetran_deleted: 2 value(s) that are not boolean, e.g. 'maybe' at data row 2",
+    ]
+    assert _records(target) == before

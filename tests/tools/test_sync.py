@@ -383,12 +383,12 @@ def test_bad_keys_pages_and_settings_fail_with_clear_messages(syncer: Syncer) ->
 
 def test_records_that_break_the_contract_are_counted_and_kept_aside(syncer: Syncer) -> None:
     syncer.api.admin(
-        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 4}]}
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 5}]}
     )
     result = syncer()
-    assert (result.fetched, result.rejected) == (746, 4)
-    assert len(warehouse_records(syncer.warehouse)) == 746
-    assert sum("rejected record" in line for line in syncer.log) == 4
+    assert (result.fetched, result.rejected) == (745, 5)
+    assert len(warehouse_records(syncer.warehouse)) == 745
+    assert sum("rejected record" in line for line in syncer.log) == 5
     rejected = read(
         syncer.folder / "files" / "warehouse.db",
         "SELECT problems FROM tester.fpr_rejected_records ORDER BY problems",
@@ -399,9 +399,81 @@ def test_records_that_break_the_contract_are_counted_and_kept_aside(syncer: Sync
         "account_balance is not a number: 'a lot'",
         "product_recommendation_date is not a YYYY-MM-DD date: '31/02/2024'",
         "record_id is empty",
+        "customer_churn_probability is out of range (must be 0-1): 1.5",
     ):
         assert reason in problems
-    assert read_state(syncer.folder)["rejected_total"] == 4
+    assert read_state(syncer.folder)["rejected_total"] == 5
+
+
+def test_records_rejected_for_breaking_the_contract_are_fetched_again(syncer: Syncer) -> None:
+    # Page 3 arrives with its first four records broken (one without an id at all).
+    syncer.api.admin(
+        "POST",
+        "/admin/faults",
+        json={"after": 2, "faults": [{"kind": "invalid_records", "count": 4}]},
+    )
+    first = syncer()
+    assert (first.fetched, first.rejected) == (746, 4)
+    assert len(warehouse_records(syncer.warehouse)) == 746
+    first_log = syncer.log
+    # The source still serves them broken: they stay held back, nothing else is lost.
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 4}]}
+    )
+    second = syncer()
+    assert len(warehouse_records(syncer.warehouse)) == 746
+    # Now the source serves them correctly: the next sync lands them.
+    served = syncer.served()
+    third = syncer()
+    assert_mirrors_source(syncer)
+    assert syncer.served() - served == 4  # only the held-back records were asked for again
+    assert (first.held_back, second.held_back, third.held_back) == (4, 4, 0)
+    assert (second.fetched, second.rejected, third.fetched, third.rejected) == (0, 4, 4, 0)
+    assert any("4 record(s) held back" in line for line in first_log)
+    assert any("up to date" in line for line in syncer.log)
+    assert read_state(syncer.folder)["held_back"] == []
+
+    # A changed record whose new version arrives broken keeps its old version only until
+    # the source serves the new one correctly.
+    syncer.api.admin("POST", "/admin/changes", json={"update": 10, "seed": 3})
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 2}]}
+    )
+    fourth = syncer()
+    assert (fourth.fetched, fourth.rejected, fourth.held_back) == (8, 2, 2)
+    assert any("2 record(s) held back" in line for line in syncer.log)
+    source = {r["record_id"]: r for r in all_records(syncer.api.store)}
+    stale = [rid for rid, r in warehouse_records(syncer.warehouse).items() if source[rid] != r]
+    assert len(stale) == 2
+    fifth = syncer()
+    assert (fifth.fetched, fifth.held_back) == (2, 0)
+    assert_mirrors_source(syncer)
+
+
+def test_a_record_still_broken_mid_page_costs_its_page_again_but_no_writes(
+    syncer: Syncer,
+) -> None:
+    # Two records in the middle of page 3 arrive broken, sync after sync.
+    broken = {"kind": "invalid_records", "count": 2, "offset": 50}
+    syncer.api.admin("POST", "/admin/faults", json={"after": 2, "faults": [broken]})
+    first = syncer()
+    assert (first.fetched, first.rejected, first.held_back) == (748, 2, 2)
+    before = syncer.warehouse.read_bytes()
+    syncer.api.admin("POST", "/admin/faults", json={"faults": [broken]})
+    served = syncer.served()
+
+    second = syncer()
+    assert (second.fetched, second.rejected, second.held_back) == (0, 2, 2)
+    assert syncer.served() - served == 52  # page 3 again, as far as its last held-back record
+    # The 50 records before them on the page are already in the table: none was landed
+    # again, so the warehouse was not opened for writing.
+    assert second.applied.written == 0
+    assert syncer.warehouse.read_bytes() == before
+
+    third = syncer()
+    assert (third.fetched, third.rejected, third.held_back) == (2, 0, 0)
+    assert third.applied.written == 2
+    assert_mirrors_source(syncer)
 
 
 def test_a_seeded_table_is_replaced_only_when_asked(syncer: Syncer) -> None:
