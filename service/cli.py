@@ -718,8 +718,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
             f"fpr_records in {target}: {how}; {applied.rows:,} rows "
             f"(customer snapshot rebuilt, {applied.elapsed_s:.1f} s)"
         )
-    else:
+    elif not result.held_back:
         _out(f"fpr_records in {target} is up to date ({applied.rows:,} rows); nothing written")
+    else:
+        _out(f"fpr_records in {target}: nothing new written ({applied.rows:,} rows)")
+    if result.held_back:
+        _out(
+            f"{result.held_back:,} records held back: the source sent them breaking the "
+            "contract, so they are missing or stale here; every sync asks for them again "
+            f"(reasons in {result.landing}, table fpr_rejected_records)"
+        )
     return 0
 
 

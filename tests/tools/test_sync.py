@@ -523,6 +523,45 @@ def test_the_sync_command_reports_what_it_did(syncer: Syncer, tmp_path: Path) ->
     assert "error: The connector failed: The source API refused the key" in refused.stderr
 
 
+def test_the_sync_command_never_calls_a_table_with_held_back_records_up_to_date(
+    syncer: Syncer, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "FINMATCH_WAREHOUSE": f"duckdb:///{syncer.warehouse}",
+        "FPR_API_KEY": KEY,
+        "FPR_API_URL": syncer.api.url,
+    }
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "sync", "--quiet"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 3}]}
+    )
+    first = run()
+    assert "3 rejected" in first and "3 records held back" in first
+    assert "up to date" not in first
+    syncer.api.admin(
+        "POST", "/admin/faults", json={"faults": [{"kind": "invalid_records", "count": 3}]}
+    )
+    still = run()  # nothing new, and the held-back records arrive broken again
+    assert "3 records held back" in still and "up to date" not in still
+    healed = run()
+    assert "3 new" in healed and "held back" not in healed
+    assert "up to date" in run()
+
+
 def test_the_connector_declares_the_warehouse_schema() -> None:
     python = runner_env() / "bin" / "python"
     script = "import json, connector; print(json.dumps(connector.schema({})))"
