@@ -149,7 +149,7 @@ def evaluate(
     import mlflow
 
     from evals.scorers import SCORERS, judges
-    from service.runs import RunSettings, use_tracking
+    from service.tracking import TracingSettings, use_tracking
     from tools.settings import current
 
     focus = list(focus) or list(FOCUS_AREAS)
@@ -157,7 +157,7 @@ def evaluate(
     folder = folder or project_home() / "evals"
     folder.mkdir(parents=True, exist_ok=True)
     tables = {name: table_for(SCENARIOS[name], folder) for name in names}
-    use_tracking(current(RunSettings).mlflow_tracking_uri, EXPERIMENT)
+    use_tracking(current(TracingSettings).mlflow_tracking_uri, EXPERIMENT)
 
     @mlflow.trace(name="focus_area_run")
     def predict(

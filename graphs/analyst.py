@@ -253,17 +253,32 @@ def prompt_tokens(messages: list[BaseMessage]) -> int:
     return sum(len(str(m.content)) for m in messages) // 4
 
 
+def chat_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    """Return the messages of a model call as a trace shows a chat: role and content."""
+    roles = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+    return [{"role": roles.get(m.type, m.type), "content": str(m.content)} for m in messages]
+
+
 async def call_model(model: Any, messages: list[BaseMessage], ctx: Context) -> AIMessage:
     """Call the model with a timeout, retrying with exponential backoff."""
     last: BaseException | None = None
     for attempt in range(ctx.model_retries + 1):
         if attempt:
             await asyncio.sleep(min(2 ** (attempt - 1), 30))  # backoff between retries
+        inputs = {"model": ctx.model, "attempt": attempt + 1, "messages": chat_messages(messages)}
         try:
-            with span("model", "CHAT_MODEL", {"model": ctx.model, "attempt": attempt + 1}) as s:
+            with span("model", "CHAT_MODEL", inputs) as s:
                 reply = await asyncio.wait_for(model.ainvoke(messages), ctx.model_timeout_s)
                 if s is not None:
-                    s.set_outputs({"content": str(reply.content)[:2000]})
+                    s.set_outputs(
+                        {
+                            "content": str(reply.content),
+                            "tool_calls": [
+                                {"name": c["name"], "args": c.get("args", {})}
+                                for c in getattr(reply, "tool_calls", None) or []
+                            ],
+                        }
+                    )
             return reply
         except TimeoutError as e:
             last = e

@@ -25,6 +25,7 @@ from graphs.context import Context
 from graphs.report import Finding, Report
 from graphs.state import InputState
 from graphs.steps import gather
+from graphs.tracing import span
 
 AREA_GRAPHS = {
     "overall-performance": overall_performance.graph,
@@ -82,14 +83,18 @@ def _area_node(slug: str) -> Any:
     async def run_area(
         state: PortfolioState, runtime: Runtime[Context], config: RunnableConfig
     ) -> dict[str, Any]:
-        out = await area_graph.ainvoke(
-            {
-                "question": state.get("question", ""),
-                "shared_evidence": state.get("shared_evidence") or [],
-            },
-            config,
-            context=runtime.context,
-        )
+        # The area's steps (and their queries and model calls) nest in a span of its own.
+        with span(FOCUS_AREAS[slug].name, "AGENT", {"focus_area": slug}) as s:
+            out = await area_graph.ainvoke(
+                {
+                    "question": state.get("question", ""),
+                    "shared_evidence": state.get("shared_evidence") or [],
+                },
+                config,
+                context=runtime.context,
+            )
+            if s is not None:
+                s.set_outputs({"headline": out["report"]["headline"]})
         return {"reports": {slug: out["report"]}, "steps": out["steps"]}
 
     run_area.__name__ = f"run_{slug.replace('-', '_')}"

@@ -341,13 +341,30 @@ def _save_reports(result: Any) -> list[Path]:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run a focus-area agent (or all four) with live progress."""
+    from service.trace_writer import TraceWriter
+    from service.tracking import tracking_uri
+
+    # Traced, the spans are recorded here and written by a process started first thing,
+    # which imports MLflow and opens its store on the other core while this one imports
+    # the graphs and runs them (service.trace_writer).
+    writer = TraceWriter(tracking_uri()) if _tracing(args) else None
+    try:
+        return _analyze(args, writer)
+    finally:
+        if writer:
+            writer.cancel()  # when nothing was handed to it
+
+
+def _analyze(args: argparse.Namespace, writer: Any) -> int:
     import asyncio
 
     from graphs.areas import FOCUS_AREAS
     from graphs.context import Context
     from graphs.models import UnknownModel, check_model
     from graphs.report import Report
+    from graphs.tracing import Recording
     from service.runs import ThreadError, run_focus
+    from service.trace_writer import TraceWriteError
 
     if args.resume and not args.thread:
         raise CliError("--resume needs --thread ID: the thread of the run to resume.", EXIT_USAGE)
@@ -367,6 +384,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _filters(args)  # validates the scope before anything runs
     thread_id = args.thread or str(uuid.uuid4())  # known here, so a stop can name it
     progress = _Progress(quiet=False)
+    recording = Recording() if writer else None
     try:
         result = asyncio.run(
             run_focus(
@@ -376,9 +394,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 question=args.question or "",
                 on_event=progress,
-                tracing=not args.no_trace,
+                recording=recording,
+                tracing=False,
             )
         )
+        if writer and recording and recording.spans:
+            try:
+                result.trace_id, result.traces = writer.write(recording), writer.uri
+            except TraceWriteError as e:
+                _err(f"warning: {e}")
     except ThreadError as e:
         raise CliError(str(e), EXIT_USAGE) from e
     except KeyboardInterrupt:
@@ -436,8 +460,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _out(f"Reports: {paths[0].parent}")
     _out(f"Thread:  {result.thread_id}")
     if result.trace_id:
-        _out(f"Trace:   {result.trace_id} (see it: mlflow ui --backend-store-uri {result.traces})")
+        _out(f"Trace:   {result.trace_id} (see it: {_mlflow_ui(result.traces)})")
     return 0
+
+
+def _tracing(args: argparse.Namespace) -> bool:
+    """Whether a run records a trace: not with --no-trace, nor with FINMATCH_TRACING=false."""
+    from service.tracking import TracingSettings
+    from tools.settings import current
+
+    return not args.no_trace and current(TracingSettings).finmatch_tracing
+
+
+def _mlflow_ui(uri: str) -> str:
+    """Return the command that shows the traces at `uri` (MLflow's, from this environment)."""
+    beside = Path(sys.executable).parent / "mlflow"
+    command = str(beside) if beside.exists() else f"{sys.executable} -m mlflow"
+    return f"{command} ui --backend-store-uri {uri}"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from graphs.context import Context
 from service.runs import ThreadError, open_checkpointer, run_focus
 from service.store import TERMINAL, Event, RunRecord, RunStore
+from service.tracking import flush_traces, use_tracking
 
 log = logging.getLogger("finmatch.service")
 T = TypeVar("T")
@@ -82,6 +83,8 @@ class RunManager:
     async def start(self) -> None:
         """Open the checkpointer, recover what a previous process left, start the workers."""
         self._saver = await self._stack.enter_async_context(open_checkpointer(self.checkpoints))
+        if self.tracing:  # once for the process: pointing MLflow again breaks open traces
+            await asyncio.to_thread(use_tracking)
         for run in await self.io(self.store.with_status, "running"):
             await self._finish(run.id, "failed", error=INTERRUPTED.format(id=run.id))
         for run in await self.io(self.store.with_status, "queued"):
@@ -114,6 +117,8 @@ class RunManager:
             self._notify(run_id)
         await self._stack.aclose()
         self._io_pool.shutdown(wait=True)
+        if self.tracing:  # traces are exported in the background: let the last ones land
+            await asyncio.to_thread(flush_traces)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the I/O thread (in submission order) and return its result."""

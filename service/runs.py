@@ -25,28 +25,23 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import StateSnapshot
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.steps import step_key
+from graphs.tracing import Recording, root_span
+from service.tracking import TracingSettings, tracking_uri, use_tracking
 from tools.settings import current, project_home
 
 ALL = "all"
 
 
-class RunSettings(BaseSettings):
-    """Where runs keep their checkpoints and traces."""
-
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+class RunSettings(TracingSettings):
+    """Where runs keep their checkpoints (and, as TracingSettings says, their traces)."""
 
     finmatch_checkpoints: str = Field(
         "", description="sqlite:///path (default .finmatch/checkpoints.sqlite) or postgresql://..."
     )
-    mlflow_tracking_uri: str = Field(
-        "", description="MLflow tracking URI (default sqlite:///.finmatch/mlflow.db)"
-    )
-    finmatch_tracing: bool = Field(True, description="Record an MLflow trace per run")
 
 
 def builder_for(focus: str) -> Any:
@@ -107,28 +102,22 @@ async def open_checkpointer(url: str = "") -> AsyncIterator[BaseCheckpointSaver[
         yield saver
 
 
-def use_tracking(uri: str = "", experiment: str = "finmatch") -> None:
-    """Point MLflow at `uri` (default: a SQLite store under the project home) and `experiment`.
-
-    A new experiment in a local store keeps its artifacts (trace data) beside the store,
-    not in ./mlruns of whatever directory the process runs in.
-    """
-    import mlflow
-
-    if not uri:
-        home = project_home()
-        home.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{home / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
-        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-        mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
-    mlflow.set_experiment(experiment)
-
-
 @contextlib.contextmanager
-def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[Any]:
-    """Open the run's root MLflow span (the trace); yield it, or None when tracing is off."""
+def run_trace(
+    name: str, thread_id: str, focus: str, enabled: bool, recording: Recording | None = None
+) -> Iterator[Any]:
+    """Open the run's root span (the trace); yield it, or None when tracing is off.
+
+    Into `recording` when given (written to MLflow later by `service.trace_writer`), else
+    a live MLflow trace, exported in the background: `flush_traces` waits for it. Either
+    way the thread is the trace's session, so a resumed run's traces group with it.
+    """
+    if recording is not None:
+        recording.tags.update({"thread_id": thread_id, "focus_area": focus})
+        recording.session = thread_id
+        with root_span(recording, name) as recorded_root:
+            yield recorded_root
+        return
     if not enabled:
         yield None
         return
@@ -137,15 +126,19 @@ def run_trace(name: str, thread_id: str, focus: str, enabled: bool) -> Iterator[
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    use_tracking(current(RunSettings).mlflow_tracking_uri)
-    try:
-        with mlflow.start_span(name=name, span_type="AGENT") as root:
-            mlflow.update_current_trace(tags={"thread_id": thread_id, "focus_area": focus})
-            yield root
-    finally:
-        # Spans are exported in the background; wait so the trace is whole when the run
-        # returns (and is not lost when a CLI process exits right after).
-        mlflow.flush_trace_async_logging()
+    use_tracking()
+    with mlflow.start_span(name=name, span_type="AGENT") as root:
+        mlflow.update_current_trace(
+            tags={"thread_id": thread_id, "focus_area": focus}, session_id=thread_id
+        )
+        yield root
+
+
+def headlines(output: dict[str, Any]) -> dict[str, Any]:
+    """Return what a trace's output says of a finished run: its headline(s)."""
+    if "reports" in output:
+        return {"headlines": {slug: r.get("headline", "") for slug, r in output["reports"].items()}}
+    return {"headline": (output.get("report") or {}).get("headline", "")}
 
 
 @dataclass
@@ -186,11 +179,13 @@ async def run_focus(
     checkpoints: str = "",
     tracing: bool | None = None,
     saver: BaseCheckpointSaver[Any] | None = None,
+    recording: Recording | None = None,
 ) -> RunResult:
     """Run (or resume) `focus` on a thread and return its result; events go to `on_event`.
 
     The checkpointer is `saver` when given (a service shares one across its runs), else
-    the one at `checkpoints` (default: the settings'), opened for this run.
+    the one at `checkpoints` (default: the settings'), opened for this run. The trace is
+    live in MLflow (`tracing`, default FINMATCH_TRACING), or kept in `recording`.
     """
     builder = builder_for(focus)
     thread_id = thread_id or str(uuid.uuid4())
@@ -228,11 +223,10 @@ async def run_focus(
                 "out --thread to start a new one."
             )
         payload = None if resume else {"question": question}
-        with run_trace(f"finmatch:{focus}", thread_id, focus, tracing) as root:
+        with run_trace(f"finmatch:{focus}", thread_id, focus, tracing, recording) as root:
+            if root is not None and recording is None:
+                result.trace_id, result.traces = root.trace_id, tracking_uri()
             if root is not None:
-                import mlflow
-
-                result.trace_id, result.traces = root.trace_id, mlflow.get_tracking_uri()
                 root.set_inputs(
                     {
                         "focus": focus,
@@ -267,5 +261,5 @@ async def run_focus(
             final = await graph.aget_state(config)
             result.status, result.output = "succeeded", dict(final.values)
             if root is not None:
-                root.set_outputs({"status": result.status})
+                root.set_outputs({"status": result.status, **headlines(result.output)})
     return result

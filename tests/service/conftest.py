@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from service.runs import use_tracking
+from service.tracking import use_tracking
 
 
 @pytest.fixture

@@ -189,7 +189,6 @@ def test_a_killed_process_resumes_in_a_new_one(large_path: Path, tmp_path: Path)
 def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     scripted.CURRENT.append(
@@ -218,7 +217,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     finally:
         scripted.CURRENT.clear()
     assert result.status == "succeeded" and result.trace_id
-    trace = mlflow.get_trace(result.trace_id)
+    trace = _trace_of(result.trace_id)
     assert trace is not None
     names = [s.name for s in trace.data.spans]
     assert names[0] == f"finmatch:{FOCUS}"
@@ -228,6 +227,11 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
         names
     )
     assert names.count("model") == 2
+    model = next(s for s in trace.data.spans if s.name == "model")
+    assert "senior retail-banking analyst" in json.dumps(model.inputs["messages"])
+    assert model.outputs["tool_calls"][0]["name"] == "run_catalog_metric"
+    answer_span = [s for s in trace.data.spans if s.name == "model"][-1]
+    assert "Small Business lags [OPT-2]." in answer_span.outputs["content"]
     assert trace.info.tags["thread_id"] == "t-trace"
     query = next(s for s in trace.data.spans if s.name == "query:kpis")
     assert "FROM fpr_records" in query.outputs["sql"]
@@ -350,3 +354,153 @@ def test_a_kill_at_any_step_boundary_redoes_nothing_and_records_each_step_once(
     once = list(dict.fromkeys(f"{e['focus_area']}:{e['step']}" for e in finishes))
     assert once == STEPS  # every step recorded, in order, once a store drops repeats
     assert [s["step"] for s in resumed.output["steps"]] == [s.name for s in OPTIMIZATION.steps]
+
+
+def _trace_of(trace_id: str) -> Any:
+    import mlflow
+
+    mlflow.flush_trace_async_logging()
+    return mlflow.get_trace(trace_id)
+
+
+def _parent(trace: Any, span: Any) -> Any:
+    return next((s for s in trace.data.spans if s.span_id == span.parent_id), None)
+
+
+def test_concurrent_traced_runs_each_record_a_whole_trace(
+    large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    async def eight() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                run_focus(
+                    FOCUS,
+                    ctx(large_path),
+                    thread_id=f"t-{i}",
+                    checkpoints=f"sqlite:///{tmp_path / 'ck.sqlite'}",
+                    tracing=True,
+                )
+                for i in range(8)
+            )
+        )
+
+    results = asyncio.run(eight())
+    for result in results:
+        assert result.status == "succeeded"
+        trace = _trace_of(result.trace_id)
+        assert trace.info.state == "OK", result.thread_id
+        names = [s.name for s in trace.data.spans]
+        assert all(step.name in names for step in OPTIMIZATION.steps)
+        assert trace.info.request_metadata["mlflow.trace.session"] == result.thread_id
+        root = trace.data.spans[0]
+        assert root.outputs["headline"] == result.output["report"]["headline"]
+
+
+def test_a_portfolio_trace_has_an_area_span_over_each_areas_steps(
+    large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = asyncio.run(
+        run_focus(
+            "all",
+            ctx(large_path),
+            checkpoints=f"sqlite:///{tmp_path / 'ck.sqlite'}",
+            tracing=True,
+        )
+    )
+    trace = _trace_of(result.trace_id)
+    assert trace.info.state == "OK"
+    from graphs.areas import FOCUS_AREAS
+
+    for area in FOCUS_AREAS.values():
+        for step in area.steps:
+            span = next(s for s in trace.data.spans if s.name == step.name)
+            parent = _parent(trace, span)
+            assert parent is not None and parent.name == area.name, step.name
+    headlines = trace.data.spans[0].outputs["headlines"]
+    assert headlines == {slug: r["headline"] for slug, r in result.output["reports"].items()}
+
+
+def test_a_resumed_runs_traces_share_its_thread_as_session(
+    large_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ck = f"sqlite:///{tmp_path / 'ck.sqlite'}"
+    failed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path, "import:tests.graphs.scripted:failing"),
+            checkpoints=ck,
+            tracing=True,
+        )
+    )
+    resumed = asyncio.run(
+        run_focus(
+            FOCUS,
+            ctx(large_path),
+            thread_id=failed.thread_id,
+            resume=True,
+            checkpoints=ck,
+            tracing=True,
+        )
+    )
+    first, second = _trace_of(failed.trace_id), _trace_of(resumed.trace_id)
+    assert first.info.state == "ERROR" and second.info.state == "OK"
+    for trace in (first, second):
+        assert trace.info.request_metadata["mlflow.trace.session"] == failed.thread_id
+
+
+def _cli(tmp_path: Path, large_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    finmatch = str(Path(sys.executable).parent / "finmatch")
+    return subprocess.run(
+        [finmatch, "analyze", "--focus", FOCUS, "--warehouse", f"duckdb:///{large_path}"],
+        env={
+            **os.environ,
+            "FINMATCH_HOME": str(tmp_path / "home"),
+            "MLFLOW_TRACKING_URI": "",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_cli_honours_finmatch_tracing_false(large_path: Path, tmp_path: Path) -> None:
+    done = _cli(tmp_path, large_path, FINMATCH_TRACING="false")
+    assert done.returncode == 0, done.stderr
+    assert "Trace:" not in done.stdout
+    assert not (tmp_path / "home" / "mlflow.db").exists()
+
+
+def test_a_traced_cli_run_leaves_its_whole_trace_in_the_store(
+    large_path: Path, tmp_path: Path
+) -> None:
+    import re
+
+    import mlflow
+
+    done = _cli(tmp_path, large_path)
+    assert done.returncode == 0, done.stderr
+    trace_id = re.search(r"Trace:\s+(tr-[0-9a-f]+)", done.stdout)
+    assert trace_id, done.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    # The writer finishes the spans after the command has printed the id.
+    deadline = time.monotonic() + 60
+    while (trace := mlflow.get_trace(trace_id.group(1), silent=True)) is None or (
+        trace.info.state == "IN_PROGRESS"
+    ):
+        assert time.monotonic() < deadline, "the trace was not written"
+        time.sleep(0.1)
+    assert trace.info.state == "OK"
+    assert trace.info.request_metadata["mlflow.trace.session"] in done.stdout
+    names = [s.name for s in trace.data.spans]
+    assert names[0] == f"finmatch:{FOCUS}"
+    assert all(step.name in names for step in OPTIMIZATION.steps)
+    assert "query:acceptance_rates" in names
+    step = next(s for s in trace.data.spans if s.name == OPTIMIZATION.steps[0].name)
+    assert _parent(trace, step).name == names[0]
+    assert step.end_time_ns > step.start_time_ns >= trace.data.spans[0].start_time_ns
