@@ -17,6 +17,9 @@ in place of a hosted LLM. Two measurements:
   over the events that happen while the client is connected. Target: p99 with 50
   followers <= 1.25x with 10.
 
+With --tracing, the traces in the service's store are counted by state once it has
+stopped (all must be OK).
+
     .venv/bin/python bench/service.py [--runs 1 10 50 200] [--followers 10 50] [--delay 1]
 """
 
@@ -294,6 +297,16 @@ def main() -> None:
             if len(ev) >= 2:
                 print(f"p99 {ev[-1]['followers']} / {ev[0]['followers']} followers: "
                       f"{ev[-1]['p99'] / ev[0]['p99']:.2f}x (target <= 1.25x)")  # fmt: skip
+        if args.tracing:  # the service has stopped and flushed: every trace must be whole
+            print("traces by state:", trace_states(home / "mlflow.db"))
+
+
+def trace_states(store: Path) -> dict[str, int]:
+    """Count the traces in a SQLite MLflow store by state (all should be OK)."""
+    import sqlite3
+
+    with sqlite3.connect(store) as db:
+        return dict(db.execute("SELECT state, count(*) FROM trace_info GROUP BY state").fetchall())
 
 
 if __name__ == "__main__":

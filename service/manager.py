@@ -68,6 +68,7 @@ class RunManager:
         self.queue_limit = queue_limit
         self._io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finmatch-store")
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._reserved = 0  # places taken by runs being stored, not queued yet
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
@@ -133,12 +134,26 @@ class RunManager:
     async def submit(
         self, focus_area: str, model: str, filters: dict[str, Any], question: str = ""
     ) -> RunRecord:
-        """Store a new run as queued and queue it."""
-        if self._queue.qsize() >= self.queue_limit:
+        """Store a new run as queued and queue it (QueueFull when the queue has no place).
+
+        The place is taken before the first await: requests arriving meanwhile see it
+        taken, so a burst never gets more places than the limit.
+        """
+        waiting = self._queue.qsize() + self._reserved
+        if waiting >= self.queue_limit:
             raise QueueFull(
-                f"{self._queue.qsize()} runs are already waiting (the limit is "
+                f"{waiting} runs are already waiting (the limit is "
                 f"{self.queue_limit}); try again when some have finished."
             )
+        self._reserved += 1
+        try:
+            return await self._admit(focus_area, model, filters, question)
+        finally:
+            self._reserved -= 1
+
+    async def _admit(
+        self, focus_area: str, model: str, filters: dict[str, Any], question: str
+    ) -> RunRecord:
         run = RunRecord(
             id=str(uuid.uuid4()),
             thread_id=str(uuid.uuid4()),
