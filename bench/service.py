@@ -306,7 +306,7 @@ def trace_states(store: Path) -> dict[str, int]:
     import sqlite3
 
     with sqlite3.connect(store) as db:
-        return dict(db.execute("SELECT state, count(*) FROM trace_info GROUP BY state").fetchall())
+        return dict(db.execute("SELECT status, count(*) FROM trace_info GROUP BY 1").fetchall())
 
 
 if __name__ == "__main__":

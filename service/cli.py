@@ -352,7 +352,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _analyze(args, writer)
     finally:
         if writer:
-            writer.cancel()  # when nothing was handed to it
+            writer.close()  # it finishes writing on its own; the command need not wait
 
 
 def _analyze(args: argparse.Namespace, writer: Any) -> int:

@@ -25,12 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from graphs.context import Context
-from service.runs import ThreadError, open_checkpointer, run_focus
+from graphs.tracing import Recording
+from service.runs import RunResult, ThreadError, open_checkpointer, run_focus
 from service.store import TERMINAL, Event, RunRecord, RunStore
-from service.tracking import flush_traces, use_tracking
+from service.trace_writer import TraceWriteError, TraceWriter
+from service.tracking import tracking_uri
 
 log = logging.getLogger("finmatch.service")
 T = TypeVar("T")
+
+TRACES_DRAIN_S = 300.0  # at shutdown, how long the trace writer may take to finish
+TRACE_ID_WAIT_S = 30.0  # how long a run's end waits for the writer to start its trace
 
 INTERRUPTED = (
     "The service stopped while this run was running. Its finished steps are saved: "
@@ -79,13 +84,14 @@ class RunManager:
         self._saver: Any = None
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
+        self._traces: TraceWriter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Open the checkpointer, recover what a previous process left, start the workers."""
         self._saver = await self._stack.enter_async_context(open_checkpointer(self.checkpoints))
-        if self.tracing:  # once for the process: pointing MLflow again breaks open traces
-            await asyncio.to_thread(use_tracking)
+        if self.tracing:  # traces are written by a process of their own, off this one's CPU
+            self._traces = TraceWriter(tracking_uri())
         for run in await self.io(self.store.with_status, "running"):
             await self._finish(run.id, "failed", error=INTERRUPTED.format(id=run.id))
         for run in await self.io(self.store.with_status, "queued"):
@@ -118,8 +124,8 @@ class RunManager:
             self._notify(run_id)
         await self._stack.aclose()
         self._io_pool.shutdown(wait=True)
-        if self.tracing:  # traces are exported in the background: let the last ones land
-            await asyncio.to_thread(flush_traces)
+        if self._traces is not None:  # the writer finishes what it was sent
+            await asyncio.to_thread(self._traces.close, TRACES_DRAIN_S)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the I/O thread (in submission order) and return its result."""
@@ -337,11 +343,12 @@ class RunManager:
         attempt = run.attempts + 1
         started = {"status": "running", "started_at": time.time(), "attempts": attempt}
         context = Context(model=run.model, warehouse=self.warehouse, **run.filters)
+        recording = Recording() if self._traces is not None else None
 
         def on_event(chunk: dict[str, Any]) -> None:
             self._event_nowait(run.id, str(chunk.get("type", "event")), chunk)
 
-        async def go(resume: bool) -> Any:
+        async def go(resume: bool) -> RunResult:
             return await run_focus(
                 run.focus_area,
                 context,
@@ -350,7 +357,8 @@ class RunManager:
                 question=run.question,
                 on_event=on_event,
                 saver=self._saver,
-                tracing=self.tracing,
+                tracing=False,
+                recording=recording,
             )
 
         try:
@@ -359,19 +367,24 @@ class RunManager:
             try:
                 result = await go(resume=run.attempts > 0)
             except ThreadError:  # stopped before its first checkpoint: start it afresh
+                recording = Recording() if recording is not None else None
                 result = await go(resume=False)
         except asyncio.CancelledError:
+            trace_id = await self._trace(run.id, recording)
             if run.id in self._cancel_requested and not self._stopping:
-                await self._finish(run.id, "cancelled")
+                await self._finish(run.id, "cancelled", trace_id=trace_id)
             else:
-                await self._finish(run.id, "failed", error=INTERRUPTED.format(id=run.id))
+                await self._finish(
+                    run.id, "failed", error=INTERRUPTED.format(id=run.id), trace_id=trace_id
+                )
             return
         except Exception as e:  # the run failed before its graph could report it
             log.exception("run %s failed", run.id)
             await self._finish(run.id, "failed", error=f"{type(e).__name__}: {e}")
             return
+        trace_id = await self._trace(run.id, recording)
         if result.status != "succeeded":
-            await self._finish(run.id, "failed", error=result.error, trace_id=result.trace_id)
+            await self._finish(run.id, "failed", error=result.error, trace_id=trace_id)
             return
         out = result.output
         report = (
@@ -379,4 +392,16 @@ class RunManager:
             if "reports" in out
             else {"report": out.get("report", {})}
         )
-        await self._finish(run.id, "succeeded", trace_id=result.trace_id, result=report)
+        await self._finish(run.id, "succeeded", trace_id=trace_id, result=report)
+
+    async def _trace(self, run_id: str, recording: Recording | None) -> str:
+        """Hand a run's recorded trace to the writer; return its id ('' without one)."""
+        if self._traces is None or recording is None or not recording.spans:
+            return ""
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(self._traces.submit(recording)), TRACE_ID_WAIT_S
+            )
+        except (TraceWriteError, TimeoutError) as e:  # the run stands; its trace is lost
+            log.warning("the trace of run %s was not written: %s", run_id, e)
+            return ""

@@ -1,26 +1,33 @@
-"""Write a run's recorded trace to MLflow from a process of its own, started beside the run.
+"""Write recorded traces to MLflow from a process of its own, beside the runs.
 
-Importing MLflow and opening its SQL tracking store takes about three seconds on these
-machines, more than a whole offline four-area run. The CLI therefore records its spans as
-plain data (`graphs.tracing.Recording`) and starts this writer when the command starts:
-while the run works on one core, the writer imports MLflow and opens the store on the
-other. When the run ends the CLI sends the recording as JSON on the writer's stdin; the
-writer starts the trace, prints `{"trace_id": ...}` on stdout (the CLI's last wait), then
-writes the spans with their own names, nesting, times, inputs, outputs and status, the
-thread as the trace's session, and exits: the command does not wait for the last
-half second of writing. What goes wrong after the id was sent is in `<home>/trace-writer.log`.
+Exporting a trace to MLflow's SQL store is SQLAlchemy work in Python: about 100 ms of CPU
+per run on these machines, more than the run itself, and on a service it competes with
+every run for the one interpreter lock. Importing MLflow and opening the store costs a
+CLI about three seconds, more than a whole offline run. So the runs record their spans as
+plain data (`graphs.tracing.Recording`) and this writer, a process of its own started
+with the CLI command or the service, writes them: the import, the store and the export
+happen on the other core while the runs go on.
+
+The protocol is JSON lines. The caller writes one recording per line on the writer's
+stdin; for each, in order, the writer starts the trace and answers one line
+`{"trace_id": ...}` (or `{"error": ...}`) at once, then writes the trace's spans (names,
+nesting, times, inputs, outputs, status; the thread as the trace's session) in the
+background. When its stdin closes, it writes what is left and exits, so a CLI command
+returns as soon as it has the id and a service waits for the writer only at shutdown.
+What goes wrong after an id was given is in `<home>/trace-writer.log`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from graphs.tracing import Recording
 from tools.settings import project_home
@@ -29,25 +36,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class TraceWriteError(Exception):
-    """The recorded trace could not be written; the message says why."""
+    """A recorded trace could not be written; the message says why."""
 
 
 class TraceWriter:
-    """The writer process, started at once; `write` hands it the recording."""
+    """The writer process, started at once; `submit` hands it a recording.
+
+    Thread-safe: answers come back in the order recordings were sent, each to its own
+    future.
+    """
 
     def __init__(self, uri: str) -> None:
         """Start the writer for the tracking store at `uri`."""
         self.uri = uri
+        self.log = project_home() / "trace-writer.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            # The trace is exported as it ends, so the writer is done when it answers.
+            # Spans are exported as they end, on the writer's own thread.
             "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
             ),
         }
-        self.log = project_home() / "trace-writer.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "service.trace_writer", uri],
@@ -58,94 +69,159 @@ class TraceWriter:
                 text=True,
                 start_new_session=True,  # a Ctrl-C for the run is not the writer's
             )
+        self._lock = threading.Lock()
+        self._waiting: queue.SimpleQueue[Future[str]] = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._read, name="finmatch-traces", daemon=True)
+        self._reader.start()
+
+    def submit(self, recording: Recording) -> Future[str]:
+        """Send a recording; the future gets its trace id once the writer has started it."""
+        done: Future[str] = Future()
+        line = json.dumps(recording.as_json(), default=str) + "\n"
+        with self._lock:
+            stdin = self._proc.stdin
+            try:
+                if stdin is None or stdin.closed:
+                    raise BrokenPipeError
+                self._waiting.put(done)
+                stdin.write(line)
+                stdin.flush()
+            except (BrokenPipeError, ValueError):
+                done.set_exception(self._gone())
+        return done
 
     def write(self, recording: Recording, timeout_s: float = 120.0) -> str:
-        """Send the recording; return the trace id once the writer has started the trace."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+        """Send a recording and return its trace id (raises TraceWriteError)."""
         try:
-            self._proc.stdin.write(json.dumps(recording.as_json(), default=str))
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the writer has ended already: its exit code tells
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
-        line = self._proc.stdout.readline() if ready else ""
-        if not ready:
-            self.cancel()
-            raise TraceWriteError(f"starting the trace in {self.uri} took over {timeout_s:g} s")
-        if not line:
-            self._proc.wait()
+            return self.submit(recording).result(timeout=timeout_s)
+        except TimeoutError:
             raise TraceWriteError(
-                f"the trace could not be written to {self.uri} (the writer exited with code "
-                f"{self._proc.returncode}; its message is in {self.log})"
-            )
-        return str(json.loads(line)["trace_id"])
+                f"starting the trace in {self.uri} took over {timeout_s:g} s"
+            ) from None
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Let the writer finish what it was sent; wait `timeout_s` for it (None: don't)."""
+        with self._lock:
+            if self._proc.stdin is not None and not self._proc.stdin.closed:
+                self._proc.stdin.close()
+        if timeout_s is not None:
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.cancel()
 
     def cancel(self) -> None:
-        """Stop the writer if it was handed nothing (it writes on its own once it has been)."""
-        if self._proc.stdin is not None and not self._proc.stdin.closed:
+        """Stop the writer now, written or not."""
+        if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
 
+    def _gone(self) -> TraceWriteError:
+        code = self._proc.poll()
+        state = f"exited with code {code}" if code is not None else "stopped answering"
+        return TraceWriteError(
+            f"the trace writer for {self.uri} {state}; its message is in {self.log}"
+        )
 
-def write_recording(
-    data: dict[str, Any], uri: str, started: Callable[[str], None] | None = None
-) -> str:
-    """Write a recording (`Recording.as_json()`) as one MLflow trace; return its id.
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            done = self._waiting.get()
+            answer = json.loads(line)
+            if "trace_id" in answer:
+                done.set_result(str(answer["trace_id"]))
+            else:
+                done.set_exception(TraceWriteError(str(answer.get("error"))))
+        while not self._waiting.empty():  # the writer ended: nothing more will come
+            self._waiting.get().set_exception(self._gone())
 
-    `started` is told the trace id as soon as the trace exists, before its spans are written.
-    """
+
+# -- the writer process ------------------------------------------------------------------
+def start_trace(data: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
+    """Start the trace of a recording (`Recording.as_json()`); return its root span."""
     import mlflow
 
-    from service.tracking import use_tracking
-
-    use_tracking(uri)
     spans = data["spans"]
     if not spans:
         raise TraceWriteError("the recording holds no span")
-    live: dict[int, Any] = {}
-    for record in spans:  # a span is opened after its parent, so parents come first
-        root = record["parent"] is None
+    first = spans[0]
+    root = mlflow.start_span_no_context(
+        first["name"],
+        span_type=first["span_type"],
+        inputs=first["inputs"] or None,
+        attributes=first["attributes"] or None,
+        tags=data.get("tags") or None,
+        metadata={"mlflow.trace.session": data["session"]} if data.get("session") else None,
+        start_time_ns=first["start_ns"],
+    )
+    return root, {first["id"]: root}
+
+
+def finish_trace(data: dict[str, Any], live: dict[int, Any]) -> None:
+    """Write the rest of a started trace: every other span, then the ends, children first."""
+    import mlflow
+
+    spans = data["spans"]
+    for record in spans[1:]:  # a span is opened after its parent, so parents come first
         live[record["id"]] = mlflow.start_span_no_context(
             record["name"],
             span_type=record["span_type"],
-            parent_span=live.get(record["parent"]),
+            parent_span=live[record["parent"]],
             inputs=record["inputs"] or None,
             attributes=record["attributes"] or None,
-            tags=data.get("tags") or None if root else None,
-            metadata={"mlflow.trace.session": data["session"]}
-            if root and data.get("session")
-            else None,
             start_time_ns=record["start_ns"],
         )
-        if root and started is not None:
-            started(str(live[record["id"]].trace_id))
-    for record in reversed(spans):  # children end before their parents
+    for record in reversed(spans):
         live[record["id"]].end(
             outputs=record["outputs"] or None,
             status=record["status"],
             end_time_ns=record["end_ns"] or record["start_ns"],
         )
-    return str(live[spans[0]["id"]].trace_id)
+
+
+def serve(uri: str, lines: IO[str], answers: IO[str]) -> None:
+    """Answer each recording on `lines` with its trace id; write the traces meanwhile."""
+    from service.tracking import use_tracking
+
+    use_tracking(uri)  # imports MLflow's store while the runs are still working
+    work: queue.SimpleQueue[tuple[dict[str, Any], dict[int, Any]] | None] = queue.SimpleQueue()
+
+    def write() -> None:
+        while (item := work.get()) is not None:
+            try:
+                finish_trace(*item)
+            except Exception as e:  # one bad trace must not stop the others
+                sys.stderr.write(f"a trace could not be written: {type(e).__name__}: {e}\n")
+
+    writer = threading.Thread(target=write, name="finmatch-trace-writer")
+    writer.start()
+    try:
+        for line in lines:
+            try:
+                data = json.loads(line)
+                root, live = start_trace(data)
+            except Exception as e:  # answered, so the caller is not left waiting
+                answers.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+            else:
+                answers.write(json.dumps({"trace_id": root.trace_id}) + "\n")
+                work.put((data, live))
+            answers.flush()
+    finally:
+        work.put(None)
+        writer.join()
 
 
 def main() -> int:
-    """Open the store named on the command line, then write the recording read on stdin."""
+    """Write traces to the store named on the command line until stdin closes."""
     import logging
 
-    uri = sys.argv[1]
-    import mlflow  # noqa: F401 - the import (and the store's) is the work done in advance
-
-    from service.tracking import use_tracking
+    import mlflow  # noqa: F401 - the import is the work done in advance
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    use_tracking(uri)  # opens the store while the run is still working
-    data = json.loads(sys.stdin.read())
-
-    def started(trace_id: str) -> None:
-        sys.stdout.write(json.dumps({"trace_id": trace_id}) + "\n")
-        sys.stdout.close()  # the command may exit now; the spans are written after
-
-    write_recording(data, uri, started)
+    try:
+        serve(sys.argv[1], sys.stdin, sys.stdout)
+    except BrokenPipeError:  # the caller went away without waiting for an answer
+        pass
     return 0
 
 

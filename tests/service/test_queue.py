@@ -45,10 +45,7 @@ def test_a_burst_of_posts_gets_no_more_places_than_the_queue_has(
         async def burst() -> list[int]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
                 answers = await asyncio.gather(
-                    *(
-                        c.post("/runs", json={"focus_area": "financial-impact"})
-                        for _ in range(40)
-                    )
+                    *(c.post("/runs", json={"focus_area": "financial-impact"}) for _ in range(40))
                 )
             return [a.status_code for a in answers]
 

@@ -1,0 +1,56 @@
+"""Traces of the agent endpoint's runs, over real HTTP with a real MLflow store."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from graphs.areas import FINANCIAL
+from tests.conftest import Server
+
+pytestmark = pytest.mark.server
+
+
+def test_concurrent_runs_of_the_service_each_leave_a_whole_trace(
+    tmp_path: Path, seeded_path: Path
+) -> None:
+    warehouse = tmp_path / "fpr.duckdb"
+    shutil.copy(seeded_path, warehouse)
+    srv = Server(tmp_path, warehouse, FINMATCH_TRACING="true")
+    srv.start()
+
+    async def eight() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            posted = await asyncio.gather(
+                *(c.post("/runs", json={"focus_area": "financial-impact"}) for _ in range(8))
+            )
+            ids = [p.json()["id"] for p in posted]
+            deadline = time.monotonic() + 120
+            while True:
+                runs = [(await c.get(f"/runs/{i}")).json() for i in ids]
+                if all(r["status"] == "succeeded" for r in runs):
+                    return runs
+                assert time.monotonic() < deadline, [r["status"] for r in runs]
+                await asyncio.sleep(0.2)
+
+    try:
+        runs = asyncio.run(eight())
+    finally:
+        srv.stop()  # the service hands the writer what is left, and it finishes
+    assert all(r["trace_id"].startswith("tr-") for r in runs)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    for r in runs:
+        trace = mlflow.get_trace(r["trace_id"])
+        assert trace is not None and trace.info.state == "OK"
+        names = [s.name for s in trace.data.spans]
+        assert all(step.name in names for step in FINANCIAL.steps), names
+        assert trace.info.request_metadata["mlflow.trace.session"] == r["thread_id"]
+        assert trace.data.spans[0].outputs["headline"] == r["result"]["report"]["headline"]
