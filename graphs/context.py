@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
+from typing import Any
 
 from tools.metrics import Filters
 
@@ -60,6 +61,13 @@ class Context:
     )
     model_retries: int = field(
         default=2, metadata={"description": "Retries of a failed model call, with backoff"}
+    )
+    shared_evidence: tuple[dict[str, Any], ...] = field(
+        default=(),
+        metadata={
+            "description": "Evidence a portfolio run already gathered in this scope for all "
+            "four areas (set by the portfolio; steps reuse it instead of querying)"
+        },
     )
 
     def filters(self) -> Filters:

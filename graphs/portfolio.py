@@ -7,12 +7,16 @@ under its own namespace); the four start together and the summary waits for all 
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Annotated, Any, TypedDict, cast
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.channels import DeltaChannel, UntrackedValue
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from typing_extensions import TypedDict
 
 from graphs import (
     financial_impact,
@@ -23,7 +27,7 @@ from graphs import (
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.report import Finding, Report
-from graphs.state import InputState
+from graphs.state import Appended
 from graphs.steps import gather
 from graphs.tracing import span
 
@@ -51,22 +55,33 @@ SHARED_METRICS = (
 )
 
 
-def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    return {**left, **right}
-
-
-def _concat(left: list[Any], right: list[Any]) -> list[Any]:
-    return left + right
+def merge(current: dict[str, Any] | None, writes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge each write's keys into the dict, in order (a reducer for a `DeltaChannel`)."""
+    out = dict(current or {})
+    for items in writes:
+        out.update(items)
+    return out
 
 
 class PortfolioState(TypedDict):
-    """The four reports as they finish, the step records, and the summary."""
+    """The four reports as they finish, the step records, and the summary.
+
+    Each is stored once, as written (`DeltaChannel`), not again at every checkpoint. The
+    evidence gathered for the four areas is never stored (`UntrackedValue`): a run that
+    resumes after it was gathered has the areas gather it again, in their own steps.
+    """
 
     question: str
-    shared_evidence: list[dict[str, Any]]
-    reports: Annotated[dict[str, dict[str, Any]], _merge]
-    steps: Annotated[list[dict[str, Any]], _concat]
+    shared_evidence: Annotated[list[dict[str, Any]], UntrackedValue(list)]
+    reports: Annotated[dict[str, dict[str, Any]], DeltaChannel(merge)]
+    steps: Annotated[list[dict[str, Any]], Appended]
     summary: dict[str, Any]
+
+
+class PortfolioInput(TypedDict, total=False):
+    """What a caller may pass in: an optional question the narratives should answer."""
+
+    question: str
 
 
 class PortfolioOutput(TypedDict):
@@ -84,14 +99,14 @@ def _area_node(slug: str) -> Any:
         state: PortfolioState, runtime: Runtime[Context], config: RunnableConfig
     ) -> dict[str, Any]:
         # The area's steps (and their queries and model calls) nest in a span of its own.
+        # The shared evidence travels in the area's context: in its state every area
+        # would store a copy of it.
+        context = dataclasses.replace(
+            runtime.context, shared_evidence=tuple(state.get("shared_evidence") or ())
+        )
         with span(FOCUS_AREAS[slug].name, "AGENT", {"focus_area": slug}) as s:
             out = await area_graph.ainvoke(
-                {
-                    "question": state.get("question", ""),
-                    "shared_evidence": state.get("shared_evidence") or [],
-                },
-                config,
-                context=runtime.context,
+                {"question": state.get("question", "")}, config, context=context
             )
             if s is not None:
                 s.set_outputs({"headline": out["report"]["headline"]})
@@ -166,7 +181,10 @@ async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) ->
 
 
 builder = StateGraph(
-    PortfolioState, context_schema=Context, input_schema=InputState, output_schema=PortfolioOutput
+    PortfolioState,
+    context_schema=Context,
+    input_schema=PortfolioInput,
+    output_schema=PortfolioOutput,
 )
 builder.add_node(SHARED_STEP, portfolio_data_preparation)
 builder.add_edge(START, SHARED_STEP)

@@ -77,7 +77,7 @@ def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
             update = dict(update)
             known = {e["id"] for e in state.get("evidence", [])}
             if "evidence" in update:
-                update["evidence"] = [e for e in update["evidence"] if e["id"] not in known]
+                update["evidence"] = [stored(e) for e in update["evidence"] if e["id"] not in known]
             update["steps"] = [record]
             if not state.get("focus_area"):
                 update["focus_area"] = area.slug
@@ -107,49 +107,30 @@ async def gather(
     """Run catalog metrics in the run's scope (off the event loop); return Evidence dicts.
 
     A metric an earlier step already ran with the same parameters is not run again: its
-    evidence is returned as it is (the step wrapper keeps it from being added twice). The
-    rest run as one `MetricBatch`: the cell metrics among them share one pass of the table.
+    evidence is returned as it is (the step wrapper keeps it from being added twice).
+    Evidence the portfolio gathered for every area (`Context.shared_evidence`) is
+    returned whole, marked `shared` (the step wrapper stores it as a reference). The rest
+    run as one `MetricBatch`: the cell metrics among them share one pass of the table.
     """
     ctx = runtime.context
     done = {e.get("request"): e for e in state.get("evidence", []) if e.get("request")}
-    shared = {e.get("request"): e for e in state.get("shared_evidence") or [] if e.get("request")}
+    shared = {e.get("request"): e for e in ctx.shared_evidence if e.get("request")}
     found: list[dict[str, Any] | None] = []
-    pending: list[tuple[int, str, dict[str, Any], str]] = []
+    pending: list[tuple[int, str, dict[str, Any]]] = []
     for request in requests:
         metric_id, params = (request, {}) if isinstance(request, str) else request
         key = request_key(metric_id, params)
         if key in done:
             found.append(done[key])
         elif key in shared:  # gathered once for the whole portfolio run, same scope
-            found.append({**shared[key], "id": None})
+            found.append({**shared[key], "id": None, "shared": True})
         else:
             found.append(None)
-            pending.append((len(found) - 1, metric_id, params, key))
-    if pending:
-        warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
-        batch = MetricBatch(
-            warehouse,
-            [(m, p) for _, m, p, _ in pending],
-            ctx.filters(),
-            timeout_s=ctx.query_timeout_s,
-        )
-        try:
-            if batch.shared:
-                metrics = [pending[j][1] for j in batch.shared]
-                with span("query:cells", "RETRIEVER", {"metrics": metrics}) as s:
-                    cells = await asyncio.to_thread(batch.run_cells)
-                    if s is not None:
-                        s.set_outputs({"cells": cells, "elapsed_ms": batch.cells_ms})
-            for j, (position, metric_id, params, key) in enumerate(pending):
-                with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
-                    ev = await asyncio.to_thread(batch.run, j)
-                    if s is not None:
-                        s.set_outputs(
-                            {"row_count": ev.row_count, "sql": ev.sql, "cached": ev.cached}
-                        )
-                found[position] = {"id": None, "request": key, **ev.model_dump(mode="json")}
-        finally:
-            batch.close()
+            pending.append((len(found) - 1, metric_id, params))
+    for position, ev in zip(
+        (p for p, _, _ in pending), await _run(ctx, [(m, p) for _, m, p in pending]), strict=True
+    ):
+        found[position] = ev
     out: list[dict[str, Any]] = []
     next_id = len(state.get("evidence", []))
     for ev_dict in found:
@@ -158,7 +139,74 @@ async def gather(
             next_id += 1
             ev_dict = {**ev_dict, "id": f"E{next_id}"}
         out.append(ev_dict)
+    return await with_rows(out, runtime)
+
+
+async def _run(ctx: Context, requests: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run metric requests as one batch in the run's scope; return their Evidence dicts."""
+    if not requests:
+        return []
+    warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
+    batch = MetricBatch(warehouse, requests, ctx.filters(), timeout_s=ctx.query_timeout_s)
+    out = []
+    try:
+        if batch.shared:
+            metrics = [requests[j][0] for j in batch.shared]
+            with span("query:cells", "RETRIEVER", {"metrics": metrics}) as s:
+                cells = await asyncio.to_thread(batch.run_cells)
+                if s is not None:
+                    s.set_outputs({"cells": cells, "elapsed_ms": batch.cells_ms})
+        for j, (metric_id, params) in enumerate(requests):
+            with span(f"query:{metric_id}", "RETRIEVER", {"params": params}) as s:
+                ev = await asyncio.to_thread(batch.run, j)
+                if s is not None:
+                    s.set_outputs({"row_count": ev.row_count, "sql": ev.sql, "cached": ev.cached})
+            key = request_key(metric_id, params)
+            out.append({"id": None, "request": key, **ev.model_dump(mode="json")})
+    finally:
+        batch.close()
     return out
+
+
+# What a reference to shared evidence leaves out (and `with_rows` puts back).
+HELD_ELSEWHERE = ("rows", "sql", "columns")
+
+
+def stored(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Return evidence as the state keeps it: shared evidence as a reference."""
+    if evidence.get("shared"):
+        return {k: v for k, v in evidence.items() if k not in HELD_ELSEWHERE}
+    return evidence
+
+
+async def with_rows(
+    evidence: list[dict[str, Any]], runtime: Runtime[Context]
+) -> list[dict[str, Any]]:
+    """Return `evidence` with the rows of shared references filled back in.
+
+    From the portfolio's shared evidence when this process has it; else (a run resumed
+    in a new process) the metrics run again in the same scope, as one batch.
+    """
+    missing = [e for e in evidence if "rows" not in e]
+    if not missing:
+        return evidence
+    ctx = runtime.context
+    held = {e["request"]: e for e in ctx.shared_evidence if e.get("request")}
+    again = [e for e in missing if e["request"] not in held]
+    if again:
+        requests = [(e["metric_id"], _params(e)) for e in again]
+        for e, ev in zip(again, await _run(ctx, requests), strict=True):
+            held[e["request"]] = ev
+    return [
+        e if "rows" in e else {**e, **{k: held[e["request"]][k] for k in HELD_ELSEWHERE}}
+        for e in evidence
+    ]
+
+
+def _params(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Return the metric parameters a request key was made from."""
+    _, _, params = str(evidence["request"]).partition(":")
+    return dict(json.loads(params or "{}"))
 
 
 async def load_overview(
@@ -215,7 +263,8 @@ def analysis_node(area: FocusArea, index: int) -> Node:
     """Return the AI step of `area`: the selected model writes narrative and actions."""
 
     async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
-        return await analyse(area, dict(state), runtime.context)
+        evidence = await with_rows(state.get("evidence", []), runtime)
+        return await analyse(area, {**state, "evidence": evidence}, runtime.context)
 
     body.__name__ = snake(area.steps[index].name)
     body.__doc__ = f"{area.steps[index].description}."
@@ -228,7 +277,10 @@ def report_node(area: FocusArea, index: int) -> Node:
     async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
         # Composing and checking the report is CPU work (tens of ms): off the event loop,
         # which a service shares with every other run and event stream.
-        return await asyncio.to_thread(build_report, area, dict(state), runtime.context)
+        evidence = await with_rows(state.get("evidence", []), runtime)
+        return await asyncio.to_thread(
+            build_report, area, {**state, "evidence": evidence}, runtime.context
+        )
 
     body.__name__ = snake(area.steps[index].name)
     body.__doc__ = f"{area.steps[index].description}."

@@ -479,6 +479,48 @@ def _mlflow_ui(uri: str) -> str:
     return f"{command} ui --backend-store-uri {uri}"
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete threads (checkpoints and run history) past their retention."""
+    import asyncio
+
+    from service.api import ServiceSettings
+    from service.retention import RetentionSettings, prune, store_at
+    from service.runs import open_checkpointer
+    from tools.settings import project_home
+
+    settings = RetentionSettings()
+    days = {
+        "finmatch_retention_days": args.retention_days or settings.finmatch_retention_days,
+        "finmatch_resumable_days": args.resumable_days or settings.finmatch_resumable_days,
+    }
+    settings = settings.model_copy(update=days)
+    service_db = ServiceSettings().finmatch_service_db
+    store = store_at(Path(service_db) if service_db else project_home() / "service.sqlite")
+
+    async def go() -> Any:
+        async with open_checkpointer() as saver:
+            return await prune(saver, store, settings, dry_run=args.dry_run)
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        if store is not None:
+            store.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    for thread in result.threads:
+        state = "finished" if thread.finished else "resumable"
+        when = f"{thread.last_active:%Y-%m-%d %H:%M}"
+        _out(f"{verb} thread {thread.thread_id} ({state}, last active {when})")
+    _out(
+        f"{verb} {len(result.threads):,} threads"
+        + (f" and {result.runs:,} runs of the service's history" if result.runs else "")
+        + f"; kept {result.kept:,} (finished: {settings.finmatch_retention_days:g} days, "
+        f"resumable: {settings.finmatch_resumable_days:g} days; queued and running runs "
+        "always). Saved reports stay in place."
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the eval suite, print its scores and fail when one is under its threshold."""
     # The eval suite sits above the service; the command line is where it is entered.
@@ -770,6 +812,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = 0.0
+    if not days > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days above 0")
+    return days
+
+
 def _date(text: str) -> datetime.date:
     try:
         return datetime.date.fromisoformat(text)
@@ -933,6 +985,19 @@ def build_parser() -> argparse.ArgumentParser:
         "databricks:/databricks-claude-sonnet-4",
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "prune",
+        help="delete old threads: their checkpoints and run history",
+        description="Delete the threads whose last activity is older than their retention: "
+        "a finished run's after FINMATCH_RETENTION_DAYS (30), one that can still be resumed "
+        "after FINMATCH_RESUMABLE_DAYS (90). Their checkpoints go, and their runs and events "
+        "in the service's history; queued and running runs and saved reports are kept.",
+    )
+    p.add_argument("--retention-days", type=_days, help="override FINMATCH_RETENTION_DAYS")
+    p.add_argument("--resumable-days", type=_days, help="override FINMATCH_RESUMABLE_DAYS")
+    p.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
         "source-api",

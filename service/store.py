@@ -224,6 +224,23 @@ class RunStore:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [_record(r) for r in rows]
 
+    def delete_thread(self, thread_id: str, statuses: tuple[str, ...]) -> int:
+        """Delete the runs of a thread in any of `statuses`, with their events; return how many."""
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT id FROM runs WHERE thread_id = ? AND status IN ({marks})",
+                    (thread_id, *statuses),
+                ).fetchall()
+            ]
+            for run_id in ids:
+                self._db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+                self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                self._seq.pop(run_id, None)
+        return len(ids)
+
     def with_status(self, *statuses: str) -> list[RunRecord]:
         """Return the runs in any of `statuses`, oldest first."""
         marks = ", ".join("?" for _ in statuses)
