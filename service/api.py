@@ -1,8 +1,20 @@
 """The agent endpoint: FastAPI routes over the run manager, the metric catalog and the data.
 
 `create_app()` builds the app; `finmatch serve` runs it with uvicorn. Every error is a JSON
-problem body (`type`, `title`, `status`, `detail`), never a stack trace. When API keys are
-set (`FINMATCH_API_KEYS`), every route but `/health` needs `Authorization: Bearer <key>`.
+problem body (`type`, `title`, `status`, `detail`), never a stack trace.
+
+When API keys are set (`FINMATCH_API_KEYS`), every path but `/health` needs
+`Authorization: Bearer <key>`: the routes, FastAPI's own `/docs`, `/redoc`, `/openapi.json`
+and `/docs/oauth2-redirect`, and paths that do not exist. The check is `RequireKey`, a
+pure ASGI middleware, the outermost layer of the app: it sees the request line and headers
+before routing, so nothing has read the body yet. A FastAPI dependency cannot do that:
+FastAPI parses a route's body before it solves any dependency, route- or router-level, so a
+key dependency answers an unauthenticated, unparsable body with 400 or 422 instead of 401;
+and it covers only the routes it is declared on, which FastAPI's documentation routes are
+not. The middleware denies by default: a route added later needs the key without anyone
+remembering to say so. The OpenAPI schema declares the same rule (a bearer security scheme
+on every operation but `/health`, with its 401), and declares the problem answers each
+route gives, as `application/problem+json`.
 """
 
 from __future__ import annotations
@@ -45,6 +57,10 @@ from tools.warehouse import WarehouseError, as_records
 log = logging.getLogger("finmatch.service")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 15.0
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+OPEN_PATHS = frozenset({"/health"})  # answered without a key, for probes
+ASK_FOR_KEY = "send one of this service's API keys as 'Authorization: Bearer <key>'"
 
 
 class ServiceSettings(BaseSettings):
@@ -197,7 +213,7 @@ def _view(run: RunRecord, steps: list[StepView] | None = None) -> RunView:
 # -- the app ---------------------------------------------------------------------------
 def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Any:
     body = Problem(title=title, status=status, detail=detail).model_dump()
-    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
 
 
 class _TooLarge(HTTPException):
@@ -236,6 +252,73 @@ class BodyLimit:
     async def _reject(self, scope: Any, receive: Any, send: Any) -> None:
         detail = f"The request body is larger than {self.limit} bytes."
         await _problem(413, "Request body too large", detail)(scope, receive, send)
+
+
+def key_problem(authorization: str | None, keys: list[bytes]) -> str | None:
+    """Say what is wrong with an Authorization header value, or None when it holds a key."""
+    if authorization is None:
+        return f"The request has no Authorization header; {ASK_FOR_KEY}."
+    scheme, _, token = authorization.partition(" ")
+    given = token.strip().encode()
+    ok = False
+    for key in keys:  # compare with every key, in constant time: no early exit on a match
+        ok |= hmac.compare_digest(given, key)
+    if scheme.lower() != "bearer":
+        return f"The Authorization header uses the {scheme!r} scheme, not Bearer; {ASK_FOR_KEY}."
+    if not ok:  # the key sent is not repeated: it may be a real secret sent by mistake
+        return f"The bearer key sent is not one of this service's keys; {ASK_FOR_KEY}."
+    return None
+
+
+class RequireKey:
+    """Answer 401 to a request without a valid key before routing reads anything else."""
+
+    def __init__(self, app: Any, keys: list[bytes]) -> None:
+        """Wrap `app`; with no keys every request passes."""
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Pass the request on when its path is open or it carries a key."""
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        problem = key_problem(authorization, self.keys)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        response = _problem(401, "Unauthorized", problem, {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
+    """Complete FastAPI's generated schema with what the service really answers."""
+    if secured:  # the rule RequireKey applies, declared the same way
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the service's FINMATCH_API_KEYS",
+            }
+        }
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if secured and path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {
+                    "description": "No valid API key was sent",
+                    "headers": {
+                        "WWW-Authenticate": {
+                            "description": "Bearer: the scheme to authenticate with",
+                            "required": True,
+                            "schema": {"type": "string", "const": "Bearer"},
+                        }
+                    },
+                    "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
+                }
+    return schema
 
 
 def _fail(status: int, detail: str) -> HTTPException:
@@ -310,6 +393,9 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, limit=settings.finmatch_max_body_bytes)
+    # Added last, so outermost: an unauthenticated request learns nothing, not even the
+    # body limit, and no byte of its body is read.
+    app.add_middleware(RequireKey, keys=keys)
 
     @app.exception_handler(HTTPException)
     async def http_problem(request: Request, exc: HTTPException) -> Any:
@@ -340,32 +426,15 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _problem(500, "Internal error", "The service failed; the error is in its log.")
 
-    async def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not keys:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        given = token.strip().encode()
-        ok = False
-        for key in keys:  # compare with every key, in constant time
-            ok |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not ok:
-            raise HTTPException(
-                401,
-                "Send a valid API key as 'Authorization: Bearer <key>'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     def manager(request: Request) -> RunManager:
         return request.app.state.manager
-
-    guarded = [Depends(require_key)]
 
     @app.get("/health", tags=["service"])
     async def health() -> dict[str, str]:
         """The process is up (no key needed)."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"], dependencies=guarded, responses={503: {"model": Problem}})
+    @app.get("/ready", tags=["service"], responses={503: {"model": Problem}})
     async def ready(request: Request) -> dict[str, str]:
         """The warehouse, the checkpointer and the run history can be reached."""
         m = manager(request)
@@ -379,7 +448,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             raise _fail(503, "Not ready: the run workers or the checkpointer are down.")
         return {"status": "ready", "warehouse": wh.url}
 
-    @app.get("/focus-areas", tags=["agents"], dependencies=guarded)
+    @app.get("/focus-areas", tags=["agents"])
     async def focus_areas() -> list[dict[str, Any]]:
         """The focus areas: business challenge, agent solution and workflow steps."""
         return [
@@ -393,7 +462,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             for a in FOCUS_AREAS.values()
         ]
 
-    @app.get("/models", tags=["agents"], dependencies=guarded)
+    @app.get("/models", tags=["agents"])
     async def models() -> list[dict[str, str]]:
         """The models a run can select; `offline` needs no LLM."""
         return [
@@ -438,7 +507,6 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
         responses={422: {"model": Problem}, 429: {"model": Problem}},
     )
     async def start_run(body: RunRequest, request: Request) -> RunView:
@@ -475,9 +543,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         steps = [StepView(**{k: e.data.get(k) for k in StepView.model_fields}) for e in events]
         return run, steps
 
-    @app.get(
-        "/runs/{run_id}", tags=["runs"], dependencies=guarded, responses={404: {"model": Problem}}
-    )
+    @app.get("/runs/{run_id}", tags=["runs"], responses={404: {"model": Problem}})
     async def get_run(run_id: str, request: Request) -> RunView:
         """A run's status, finished steps with their numbers, and its report when done."""
         return _view(*await load_run(request, run_id))
@@ -486,7 +552,6 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/cancel",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
         responses={404: {"model": Problem}, 409: {"model": Problem}},
     )
     async def cancel_run(run_id: str, request: Request) -> RunView:
@@ -497,7 +562,6 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/resume",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
         responses={404: {"model": Problem}, 409: {"model": Problem}},
     )
     async def resume_run(run_id: str, request: Request) -> RunView:
@@ -516,7 +580,6 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     @app.get(
         "/runs/{run_id}/events",
         tags=["runs"],
-        dependencies=guarded,
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}},
     )
@@ -559,7 +622,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/runs", tags=["runs"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/runs", tags=["runs"], responses={422: {"model": Problem}})
     async def list_runs(
         request: Request,
         focus_area: Annotated[
@@ -600,7 +663,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             next_cursor=f"{last.created_at!r}_{last.id}" if last else None,
         )
 
-    @app.get("/metrics", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/metrics", tags=["data"], responses={422: {"model": Problem}})
     async def metrics(
         request: Request, scope: Annotated[RunFilters, Depends(scope_query)]
     ) -> dict[str, Any]:
@@ -616,7 +679,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             **{k: v.model_dump(mode="json") for k, v in evidence.items()},
         }
 
-    @app.get("/records", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/records", tags=["data"], responses={422: {"model": Problem}})
     async def records(
         request: Request,
         scope: Annotated[RunFilters, Depends(scope_query)],
@@ -745,9 +808,18 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             path,
             summary=f"Invoke the agents ({api} Responses)",
             tags=["responses"],
-            dependencies=guarded,
             responses=contract,
         )(invoke)
+
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema FastAPI generates, completed once with the real answers."""
+        if app.openapi_schema is None:
+            app.openapi_schema = _documented(generated(), secured=bool(keys))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 

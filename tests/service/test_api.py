@@ -27,6 +27,8 @@ from tests.conftest import Server
 from tools.metrics import Filters, dashboard
 from tools.warehouse import DuckDBWarehouse
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[2]
 GATED = "import:tests.graphs.scripted:gated"
 DATA_STEPS = 4  # Optimization Opportunities runs four data steps before the model step
@@ -394,23 +396,95 @@ def test_restart_mid_run_then_resume(tmp_path: Path, warehouse_file: Path) -> No
         srv.stop()
 
 
-def test_api_keys(tmp_path: Path, warehouse_file: Path) -> None:
-    srv = Server(tmp_path, warehouse_file, FINMATCH_API_KEYS="key-one, key-two")
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, warehouse_file: Path) -> Iterator[Server]:
+    """A server with two API keys."""
+    srv = Server(
+        tmp_path_factory.mktemp("keyed"), warehouse_file, FINMATCH_API_KEYS="key-one, key-two"
+    )
     srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            assert c.get("/health").status_code == 200
-            missing = c.get("/models")
-            assert missing.status_code == 401
-            assert missing.headers["www-authenticate"] == "Bearer"
-            assert "Authorization: Bearer" in missing.json()["detail"]
-            assert c.get("/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-            assert c.get("/models", headers={"Authorization": "Basic key-two"}).status_code == 401
-            ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
-            assert ok.status_code == 200
-            assert c.post("/runs", json={"focus_area": "all"}).status_code == 401
-    finally:
-        srv.stop()
+    yield srv
+    srv.stop()
+
+
+def unauthorized(response: httpx.Response) -> dict[str, Any]:
+    """Assert `response` is the service's 401 problem; return its body."""
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert set(body) == {"type", "title", "status", "detail"} and body["status"] == 401
+    assert "Authorization: Bearer <key>" in body["detail"]
+    return body
+
+
+def test_api_keys(keyed: Server) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        assert c.get("/health").status_code == 200
+        missing = unauthorized(c.get("/models"))
+        assert "no Authorization header" in missing["detail"]
+        wrong = unauthorized(c.get("/models", headers={"Authorization": "Bearer nope"}))
+        assert "not one of this service's keys" in wrong["detail"]
+        assert "nope" not in wrong["detail"]  # a key sent is never echoed
+        basic = unauthorized(c.get("/models", headers={"Authorization": "Basic key-two"}))
+        assert "'Basic'" in basic["detail"]
+        ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
+        assert ok.status_code == 200
+        assert c.get("/models", headers={"Authorization": "bearer key-one"}).status_code == 200
+        unauthorized(c.post("/runs", json={"focus_area": "all"}))
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_api_keys_guard_the_docs(keyed: Server, path: str) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        unauthorized(c.get(path))
+        unauthorized(c.get(path, headers={"Authorization": "Bearer nope"}))
+        assert c.get(path, headers={"Authorization": "Bearer key-one"}).status_code == 200
+
+
+def test_the_schema_of_a_keyed_service_says_which_routes_need_the_key(keyed: Server) -> None:
+    key = {"Authorization": "Bearer key-one"}
+    spec = httpx.get(f"{keyed.url}/openapi.json", headers=key, timeout=30).json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the service's FINMATCH_API_KEYS",
+    }
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            if path == "/health":
+                assert "security" not in operation and "401" not in operation["responses"]
+            else:
+                assert operation["security"] == [{"bearer": []}], path
+                assert "401" in operation["responses"], path
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),  # was 422: the body was parsed first
+        (b'{"focus": "all"}', "application/json"),  # parsed, then invalid
+        (b'{"focus_area": "\xff"}', "application/json"),  # was 400: not UTF-8
+        (b"x" * 100_000, "application/json"),  # was 413: over the body limit
+        (b"focus_area=all", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_the_key_is_checked_before_the_body_is_read(
+    keyed: Server, content: bytes, content_type: str
+) -> None:
+    for path in ("/runs", "/invocations", "/responses"):
+        response = httpx.post(
+            f"{keyed.url}{path}", content=content, headers={"content-type": content_type}
+        )
+        unauthorized(response)
+
+
+def test_unknown_paths_need_the_key_too(keyed: Server) -> None:
+    """Without the key the service tells nothing, not even which paths exist."""
+    unauthorized(httpx.get(f"{keyed.url}/nowhere"))
+    unauthorized(httpx.delete(f"{keyed.url}/runs"))
+    key = {"Authorization": "Bearer key-two"}
+    assert httpx.get(f"{keyed.url}/nowhere", headers=key).status_code == 404
 
 
 def test_serve_refuses_other_addresses_without_a_key(tmp_path: Path) -> None:
