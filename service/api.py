@@ -59,6 +59,19 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 15.0
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
+# Each error status of the service: the title of its problem, and when a route answers it.
+ANSWERS: dict[int, tuple[str, str]] = {
+    400: ("Bad request", "The body is not UTF-8 JSON, or a header is not what it must be"),
+    401: ("Unauthorized", "No valid API key was sent"),
+    404: ("Not found", "No run has this id"),
+    405: ("Method not allowed", "The path does not take this method"),
+    409: ("Conflict", "The run's status does not allow this"),
+    413: ("Request body too large", "The body is larger than FINMATCH_MAX_BODY_BYTES"),
+    422: ("Unprocessable request", "A parameter or the body is invalid: the detail says which"),
+    429: ("Too many runs waiting", "The run queue is full; try again when runs have finished"),
+    502: ("Run failed", "The run failed; POST /runs/{id}/resume continues it"),
+    503: ("Not ready", "The warehouse, the checkpointer or the run history cannot be reached"),
+}
 OPEN_PATHS = frozenset({"/health"})  # answered without a key, for probes
 ASK_FOR_KEY = "send one of this service's API keys as 'Authorization: Bearer <key>'"
 
@@ -96,6 +109,9 @@ def check_bind(host: str, settings: ServiceSettings) -> None:
 # -- schemas ---------------------------------------------------------------------------
 class Problem(BaseModel):
     """An error: what went wrong and what to do about it."""
+
+    # Every answer carries all four fields, `type` included: the schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
     type: str = Field("about:blank", examples=["about:blank"])
     title: str = Field(examples=["Unprocessable request"])
@@ -293,8 +309,34 @@ class RequireKey:
         await response(scope, receive, send)
 
 
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Document that a route answers these statuses with a Problem (`responses=`)."""
+    return {
+        status: {
+            "description": ANSWERS[status][1],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
+        }
+        for status in statuses
+    }
+
+
 def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
     """Complete FastAPI's generated schema with what the service really answers."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema(
+        mode="serialization", ref_template="#/components/schemas/{model}"
+    )
+    # FastAPI documents its own validation body (HTTPValidationError) as a 422 of every
+    # route with parameters. This service answers a Problem instead, and a route that can
+    # answer 422 says so with `problems(422)`; the others cannot (a path segment is any
+    # string).
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            content = operation["responses"].get("422", {}).get("content", {})
+            if "application/json" in content:
+                del operation["responses"]["422"]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
     if secured:  # the rule RequireKey applies, declared the same way
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {
@@ -308,7 +350,7 @@ def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
             if secured and path not in OPEN_PATHS:
                 operation["security"] = [{"bearer": []}]
                 operation["responses"]["401"] = {
-                    "description": "No valid API key was sent",
+                    **problems(401)[401],
                     "headers": {
                         "WWW-Authenticate": {
                             "description": "Bearer: the scheme to authenticate with",
@@ -316,7 +358,6 @@ def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
                             "schema": {"type": "string", "const": "Bearer"},
                         }
                     },
-                    "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
                 }
     return schema
 
@@ -399,14 +440,10 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
 
     @app.exception_handler(HTTPException)
     async def http_problem(request: Request, exc: HTTPException) -> Any:
-        titles = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
-                  413: "Request body too large", 422: "Unprocessable request",
-                  429: "Too many runs waiting", 502: "Run failed",
-                  503: "Not ready"}  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 413:
             detail = f"The request body is larger than {settings.finmatch_max_body_bytes} bytes."
-        title = titles.get(exc.status_code, "Error")
+        title = ANSWERS[exc.status_code][0] if exc.status_code in ANSWERS else "Error"
         return _problem(exc.status_code, title, detail, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -434,7 +471,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         """The process is up (no key needed)."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"], responses={503: {"model": Problem}})
+    @app.get("/ready", tags=["service"], responses=problems(503))
     async def ready(request: Request) -> dict[str, str]:
         """The warehouse, the checkpointer and the run history can be reached."""
         m = manager(request)
@@ -507,7 +544,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs",
         status_code=202,
         tags=["runs"],
-        responses={422: {"model": Problem}, 429: {"model": Problem}},
+        responses=problems(400, 413, 422, 429),
     )
     async def start_run(body: RunRequest, request: Request) -> RunView:
         """Queue a run; follow it with GET /runs/{id} or its event stream."""
@@ -543,7 +580,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         steps = [StepView(**{k: e.data.get(k) for k in StepView.model_fields}) for e in events]
         return run, steps
 
-    @app.get("/runs/{run_id}", tags=["runs"], responses={404: {"model": Problem}})
+    @app.get("/runs/{run_id}", tags=["runs"], responses=problems(404))
     async def get_run(run_id: str, request: Request) -> RunView:
         """A run's status, finished steps with their numbers, and its report when done."""
         return _view(*await load_run(request, run_id))
@@ -552,7 +589,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/cancel",
         status_code=202,
         tags=["runs"],
-        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        responses=problems(404, 409),
     )
     async def cancel_run(run_id: str, request: Request) -> RunView:
         """Stop a run at its next step; its finished steps are kept for resume."""
@@ -562,7 +599,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/resume",
         status_code=202,
         tags=["runs"],
-        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        responses=problems(404, 409),
     )
     async def resume_run(run_id: str, request: Request) -> RunView:
         """Queue a failed or cancelled run again; it continues after its last finished step."""
@@ -581,7 +618,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/events",
         tags=["runs"],
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}},
+        responses={200: {"content": {"text/event-stream": {}}}, **problems(400, 404)},
     )
     async def run_events(
         run_id: str,
@@ -622,7 +659,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/runs", tags=["runs"], responses={422: {"model": Problem}})
+    @app.get("/runs", tags=["runs"], responses=problems(422))
     async def list_runs(
         request: Request,
         focus_area: Annotated[
@@ -663,7 +700,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             next_cursor=f"{last.created_at!r}_{last.id}" if last else None,
         )
 
-    @app.get("/metrics", tags=["data"], responses={422: {"model": Problem}})
+    @app.get("/metrics", tags=["data"], responses=problems(422, 503))
     async def metrics(
         request: Request, scope: Annotated[RunFilters, Depends(scope_query)]
     ) -> dict[str, Any]:
@@ -679,7 +716,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             **{k: v.model_dump(mode="json") for k, v in evidence.items()},
         }
 
-    @app.get("/records", tags=["data"], responses={422: {"model": Problem}})
+    @app.get("/records", tags=["data"], responses=problems(422, 503))
     async def records(
         request: Request,
         scope: Annotated[RunFilters, Depends(scope_query)],
@@ -800,8 +837,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             "Events of ResponsesAgentStreamEvent ending with `data: [DONE]`",
             "content": {"text/event-stream": {}},
         },
-        422: {"model": Problem},
-        502: {"model": Problem},
+        **problems(400, 413, 422, 429, 502),
     }
     for path, api in (("/invocations", "MLflow"), ("/responses", "OpenAI")):
         app.post(
