@@ -25,10 +25,10 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,9 +52,10 @@ from service.runs import ALL, RunSettings
 from service.store import RunRecord, RunStore, Status
 from tools.metrics import Filters, dashboard
 from tools.settings import project_home
-from tools.warehouse import WarehouseError, as_records
+from tools.warehouse import Warehouse, WarehouseError, as_records
 
 log = logging.getLogger("finmatch.service")
+T = TypeVar("T")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 15.0
 PROBLEM_JSON = "application/problem+json"
@@ -507,9 +508,16 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             for m in available_models()
         ]
 
+    async def on_warehouse(fn: Callable[[Warehouse], T]) -> T:
+        """Call `fn` with the warehouse off the event loop; one that fails answers 503."""
+        try:
+            wh = await asyncio.to_thread(warehouse_for, warehouse)
+            return await asyncio.to_thread(fn, wh)
+        except WarehouseError as e:  # missing file or table, unreachable host: say which
+            raise _fail(503, str(e)) from e
+
     async def allowed_values(request: Request) -> dict[str, list[str]]:
         if request.app.state.allowed is None:
-            wh = await asyncio.to_thread(warehouse_for, warehouse)
             sql = " UNION ALL ".join(
                 f"SELECT '{key}' AS k, {col} AS v FROM fpr_records GROUP BY {col}"
                 for key, col in (
@@ -518,7 +526,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
                     ("product_type", "product_type"),
                 )
             )
-            result = await asyncio.to_thread(wh.run, sql)
+            result = await on_warehouse(lambda wh: wh.run(sql))
             allowed: dict[str, list[str]] = {}
             for k, v in result.rows:
                 allowed.setdefault(k, []).append(v)
@@ -544,7 +552,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs",
         status_code=202,
         tags=["runs"],
-        responses=problems(400, 413, 422, 429),
+        responses=problems(400, 413, 422, 429, 503),
     )
     async def start_run(body: RunRequest, request: Request) -> RunView:
         """Queue a run; follow it with GET /runs/{id} or its event stream."""
@@ -706,11 +714,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     ) -> dict[str, Any]:
         """The dashboard: KPIs, financial metrics and distributions, with the SQL behind them."""
         filters = await check_filters(request, scope)
-        wh = await asyncio.to_thread(warehouse_for, warehouse)
-        try:
-            evidence = await asyncio.to_thread(dashboard, wh, filters)
-        except WarehouseError as e:
-            raise _fail(503, str(e)) from e
+        evidence = await on_warehouse(lambda wh: dashboard(wh, filters))
         return {
             "scope": filters.describe(),
             **{k: v.model_dump(mode="json") for k, v in evidence.items()},
@@ -731,11 +735,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             params["after"] = after
         sql = f"SELECT * FROM fpr_records WHERE {where} ORDER BY record_id LIMIT :n"
         params["n"] = page_size + 1
-        wh = await asyncio.to_thread(warehouse_for, warehouse)
-        try:
-            result = await asyncio.to_thread(wh.run, sql, params)
-        except WarehouseError as e:
-            raise _fail(503, str(e)) from e
+        result = await on_warehouse(lambda wh: wh.run(sql, params))
         rows = as_records(result.columns, result.rows)
         more = len(rows) > page_size
         rows = rows[:page_size]
@@ -837,7 +837,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             "Events of ResponsesAgentStreamEvent ending with `data: [DONE]`",
             "content": {"text/event-stream": {}},
         },
-        **problems(400, 413, 422, 429, 502),
+        **problems(400, 413, 422, 429, 502, 503),
     }
     for path, api in (("/invocations", "MLflow"), ("/responses", "OpenAI")):
         app.post(

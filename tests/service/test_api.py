@@ -363,6 +363,29 @@ def test_malformed_and_huge_bodies(client: httpx.Client) -> None:
     assert chunked.headers["content-type"] == "application/problem+json"
 
 
+def test_without_a_warehouse_the_data_routes_say_so(tmp_path: Path) -> None:
+    """Every route that reads the data answers 503 with the reason, never 500."""
+    srv = Server(tmp_path, tmp_path / "absent.duckdb", FINMATCH_TRACING="false")
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for method, path, body in [
+                ("get", "/ready", None),
+                ("get", "/metrics", None),  # was 500
+                ("get", "/records", None),  # was 500
+                ("post", "/runs", {"focus_area": "all"}),  # was 500
+                ("post", "/invocations", {"input": []}),  # was 500
+            ]:
+                response = c.request(method, path, json=body)
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                detail = response.json()["detail"]
+                assert f"No warehouse file at {tmp_path / 'absent.duckdb'}" in detail, detail
+                assert "finmatch seed" in detail
+    finally:
+        srv.stop()
+
+
 def test_restart_mid_run_then_resume(tmp_path: Path, warehouse_file: Path) -> None:
     """SIGKILL the service at the model step; the next one reports the run and resumes it."""
     srv = Server(tmp_path, warehouse_file, FINMATCH_TRACING="false")

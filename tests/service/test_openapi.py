@@ -19,7 +19,7 @@ ERRORS = {
     ("get", "/ready"): {503},
     ("get", "/focus-areas"): set(),
     ("get", "/models"): set(),
-    ("post", "/runs"): {400, 413, 422, 429},
+    ("post", "/runs"): {400, 413, 422, 429, 503},
     ("get", "/runs"): {422},
     ("get", "/runs/{run_id}"): {404},
     ("post", "/runs/{run_id}/cancel"): {404, 409},
@@ -27,8 +27,8 @@ ERRORS = {
     ("get", "/runs/{run_id}/events"): {400, 404},
     ("get", "/metrics"): {422, 503},
     ("get", "/records"): {422, 503},
-    ("post", "/invocations"): {400, 413, 422, 429, 502},
-    ("post", "/responses"): {400, 413, 422, 429, 502},
+    ("post", "/invocations"): {400, 413, 422, 429, 502, 503},
+    ("post", "/responses"): {400, 413, 422, 429, 502, 503},
 }
 
 
