@@ -24,6 +24,7 @@ import datetime
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,7 +40,7 @@ from mlflow.types.responses import (
     ResponsesAgentResponse,
     ResponsesAgentStreamEvent,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
 
@@ -120,6 +121,22 @@ class Problem(BaseModel):
     detail: str = Field(examples=["Unknown focus area 'growth'; choose one of: ..."])
 
 
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    """Pass on a date written YYYY-MM-DD; refuse the numbers pydantic reads as timestamps."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return value  # pydantic parses it, and refuses a day that does not exist
+    raise ValueError(f"a date is written YYYY-MM-DD; got {value!r}")
+
+
+# The schema says `format: date`; pydantic alone would take 0 as 1970-01-01.
+IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
+
+
 class RunFilters(BaseModel):
     """Scope of a run; every field is optional and they combine with AND."""
 
@@ -128,8 +145,8 @@ class RunFilters(BaseModel):
     segment: str | None = Field(None, examples=["Retail"])
     lifecycle_stage: str | None = Field(None, examples=["Engaged"])
     product_type: str | None = Field(None, examples=["Credit Card"])
-    date_from: datetime.date | None = Field(None, examples=["2024-01-01"])
-    date_to: datetime.date | None = Field(None, examples=["2024-12-31"])
+    date_from: IsoDate | None = Field(None, examples=["2024-01-01"])
+    date_to: IsoDate | None = Field(None, examples=["2024-12-31"])
 
 
 class RunRequest(BaseModel):
@@ -363,6 +380,19 @@ def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
     return schema
 
 
+def _explain(errors: Any) -> str:
+    """Validation errors as one line: where each is and what is wrong."""
+    parts = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
 def _fail(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail)
 
@@ -371,8 +401,8 @@ def scope_query(
     segment: Annotated[str | None, Query()] = None,
     lifecycle_stage: Annotated[str | None, Query()] = None,
     product_type: Annotated[str | None, Query()] = None,
-    date_from: Annotated[datetime.date | None, Query()] = None,
-    date_to: Annotated[datetime.date | None, Query()] = None,
+    date_from: Annotated[IsoDate | None, Query()] = None,
+    date_to: Annotated[IsoDate | None, Query()] = None,
 ) -> RunFilters:
     """The scope filters of a GET request's query string."""
     return RunFilters(
@@ -449,15 +479,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> Any:
-        parts = []
-        for err in exc.errors():
-            if err.get("type") == "json_invalid":
-                reason = (err.get("ctx") or {}).get("error", "")
-                parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
-                continue
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{where or 'body'}: {err.get('msg')}")
-        return _problem(422, "Unprocessable request", "; ".join(parts))
+        return _problem(422, "Unprocessable request", _explain(exc.errors()))
 
     @app.exception_handler(Exception)
     async def internal_problem(request: Request, exc: Exception) -> Any:
@@ -800,6 +822,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         try:
             focus, model, filters = understand(body)
             scope = RunFilters(**filters)
+        except ValidationError as e:
+            raise _fail(422, f"custom_inputs.filters: {_explain(e.errors())}") from e
         except ValueError as e:
             raise _fail(422, str(e)) from e
         run = await queue_run(request, focus, model, scope, last_user_text(body)[:QUESTION_CHARS])

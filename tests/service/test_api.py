@@ -298,6 +298,22 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             "is after date_to",
         ),
         ("post", "/runs", {"focus": "all"}, 422, "focus_area: Field required"),
+        (  # was 202: a number was read as seconds since 1970
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"date_from": 0}},
+            422,
+            "filters.date_from: Value error, a date is written YYYY-MM-DD; got 0",
+        ),
+        (
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"date_to": "2024-01-01T12:00:00"}},
+            422,
+            "a date is written YYYY-MM-DD; got '2024-01-01T12:00:00'",
+        ),
+        ("get", "/metrics?date_from=0", None, 422, "date_from: Value error, a date is written"),
+        ("get", "/records?date_to=86400", None, 422, "YYYY-MM-DD; got '86400'"),
         ("get", "/records?page_size=0", None, 422, "page_size: Input should be greater"),
         ("get", "/records?page_size=201", None, 422, "page_size: Input should be less"),
         ("get", "/metrics?product_type=Yacht", None, 422, "Unknown product_type 'Yacht'"),
@@ -329,6 +345,13 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             {"input": [], "custom_inputs": {"filters": {"colour": "red"}}},
             422,
             "colour",
+        ),
+        (
+            "post",
+            "/invocations",
+            {"input": [], "custom_inputs": {"filters": {"date_from": 0}}},  # was 200
+            422,
+            "custom_inputs.filters: date_from: Value error, a date is written YYYY-MM-DD; got 0",
         ),
     ],
 )
