@@ -457,12 +457,38 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             store.close()
             close_all()
 
+    takes: dict[tuple[str, str], list[str]] = {}  # (method, path) -> its query parameters
+
+    async def known_query(request: Request) -> None:
+        """Refuse query parameters the route does not take (422)."""
+        # Ignored, a misspelt filter (?segmnt=Retail) would widen the answer unnoticed.
+        path = getattr(request.scope.get("route"), "path", "")
+        if not takes:  # the schema is the list of what each route takes
+            for path, operations in app.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    takes[(method.upper(), path)] = [
+                        p["name"] for p in operation.get("parameters", []) if p["in"] == "query"
+                    ]
+        names = takes.get((request.method, path))
+        if names is None:
+            return
+        unknown = [name for name in request.query_params if name not in names]
+        if unknown:
+            listed = ", ".join(repr(name) for name in dict.fromkeys(unknown))
+            what = f"takes: {', '.join(names)}" if names else "takes none"
+            raise _fail(
+                422,
+                f"Unknown query parameter {listed}; {request.method} {path} {what}. "
+                "Remove it or correct its name.",
+            )
+
     app = FastAPI(
         title="FinMatch Agents",
         version="0.1.0",
         description="Focus-area agents over fpr_records: start runs, follow their steps, "
         "read reports, browse the metrics and the records.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query)],
     )
     app.add_middleware(BodyLimit, limit=settings.finmatch_max_body_bytes)
     # Added last, so outermost: an unauthenticated request learns nothing, not even the
