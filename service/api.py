@@ -353,6 +353,14 @@ def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
             content = operation["responses"].get("422", {}).get("content", {})
             if "application/json" in content:
                 del operation["responses"]["422"]
+            for parameter in operation.get("parameters", []):
+                # A query string or a header cannot carry null: an optional parameter is
+                # one left out, so its schema is the type it has when sent.
+                given = parameter["schema"]
+                sent = [s for s in given.get("anyOf", []) if s != {"type": "null"}]
+                if len(sent) == 1 and len(given["anyOf"]) == 2:
+                    rest = {k: v for k, v in given.items() if k != "anyOf"}
+                    parameter["schema"] = {**sent[0], **rest}
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     if secured:  # the rule RequireKey applies, declared the same way

@@ -82,3 +82,25 @@ def test_the_problem_schema_requires_every_field() -> None:
         "status": "integer",
         "detail": "string",
     }
+
+
+def test_parameters_are_documented_as_sent_never_null() -> None:
+    """A query string or header cannot carry null: an optional parameter may be left out."""
+    seen = {}
+    for label, operation in operations(spec()).items():
+        for parameter in operation.get("parameters", []):
+            assert "anyOf" not in parameter["schema"], (label, parameter["name"])
+            seen[(label, parameter["name"])] = parameter["schema"]
+    assert seen[(("get", "/records"), "after")] == {
+        "type": "string",
+        "description": "next_cursor of the previous page",
+        "title": "After",
+    }
+    assert seen[(("get", "/metrics"), "date_from")]["format"] == "date"
+    assert seen[(("get", "/runs"), "status")]["enum"] == [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ]
