@@ -35,11 +35,8 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from mlflow.pyfunc import ResponsesAgent
-from mlflow.types.responses import (
-    ResponsesAgentRequest,
-    ResponsesAgentResponse,
-    ResponsesAgentStreamEvent,
-)
+from mlflow.types import responses
+from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamEvent
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
@@ -133,8 +130,24 @@ def _iso_date(value: Any) -> Any:
     raise ValueError(f"a date is written YYYY-MM-DD; got {value!r}")
 
 
-# The schema says `format: date`; pydantic alone would take 0 as 1970-01-01.
+def _iso_datetime(value: Any) -> Any:
+    """Pass on a date-time written from YYYY-MM-DD on; refuse numbers (timestamps)."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.match(value):
+        return value
+    raise ValueError(f"a date-time is written YYYY-MM-DDTHH:MM:SSZ; got {value!r}")
+
+
+# The schema says `format: date` and `date-time`; pydantic alone would take 0 as 1970.
 IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
+IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_iso_datetime)]
+
+
+class ResponsesAgentRequest(responses.ResponsesAgentRequest):
+    """MLflow's ResponsesAgentRequest, taken as its schema says: `true`, not 1; 5, not "5"."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class RunFilters(BaseModel):
@@ -731,8 +744,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         ] = None,
         model: Annotated[str | None, Query(description="Only runs with this model")] = None,
         status: Status | None = None,
-        since: Annotated[datetime.datetime | None, Query(description="Created at or after")] = None,
-        until: Annotated[datetime.datetime | None, Query(description="Created before")] = None,
+        since: Annotated[IsoDateTime | None, Query(description="Created at or after")] = None,
+        until: Annotated[IsoDateTime | None, Query(description="Created before")] = None,
         limit: Annotated[int, Query(ge=1, le=200, description="Runs per page")] = 20,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> RunPage:

@@ -322,6 +322,13 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             "Unknown query parameter 'segmnt'; GET /metrics takes: segment, lifecycle_stage",
         ),
         ("get", "/runs?statuss=failed", None, 422, "Unknown query parameter 'statuss'"),
+        (  # was 200: seconds since 1970
+            "get",
+            "/runs?until=0",
+            None,
+            422,
+            "until: Value error, a date-time is written YYYY-MM-DDTHH:MM:SSZ; got '0'",
+        ),
         ("get", "/records?=1", None, 422, "Unknown query parameter ''"),
         ("post", "/runs?focus_area=all", {"focus_area": "all"}, 422, "takes none"),
         ("get", "/records?page_size=0", None, 422, "page_size: Input should be greater"),
@@ -355,6 +362,15 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             {"input": [], "custom_inputs": {"filters": {"colour": "red"}}},
             422,
             "colour",
+        ),
+        # was 200: 1 was read as true, "5" as 5, though the schema says boolean, integer
+        ("post", "/invocations", {"input": [], "stream": 1}, 422, "stream: Input should be a"),
+        (
+            "post",
+            "/responses",
+            {"input": [], "max_output_tokens": "5"},
+            422,
+            "max_output_tokens: Input should be a valid integer",
         ),
         (
             "post",
