@@ -40,6 +40,7 @@ from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamE
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from graphs.areas import FOCUS_AREAS
 from graphs.models import UnknownModel, available_models, check_model
@@ -519,10 +520,27 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     @app.exception_handler(HTTPException)
     async def http_problem(request: Request, exc: HTTPException) -> Any:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        path, headers = request.url.path, dict(exc.headers or {})
         if exc.status_code == 413:
             detail = f"The request body is larger than {settings.finmatch_max_body_bytes} bytes."
+        # Routing and FastAPI's body reading raise these with no more than the status said.
+        elif exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route {request.method} {path}; the routes are listed at /docs."
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            # Starlette's Allow names the methods of the first route on the path only.
+            methods = {
+                method
+                for route in app.router.routes
+                if route.matches(request.scope)[0] != Match.NONE
+                for method in getattr(route, "methods", None) or ()
+            }
+            headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+            detail = f"{request.method} is not allowed on {path}; it takes {headers['Allow']}."
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            reason = f": {exc.__cause__}" if exc.__cause__ else ""
+            detail = f"The body could not be read{reason}. Send a JSON object encoded in UTF-8."
         title = ANSWERS[exc.status_code][0] if exc.status_code in ANSWERS else "Error"
-        return _problem(exc.status_code, title, detail, dict(exc.headers or {}))
+        return _problem(exc.status_code, title, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> Any:

@@ -337,6 +337,9 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
         ("get", "/runs?limit=0", None, 422, "limit: Input should be greater"),
         ("get", "/runs?cursor=nonsense", None, 422, "is not a next_cursor"),
         ("get", "/runs/nope", None, 404, "No run nope"),
+        # were "Not Found" and "Method Not Allowed"
+        ("get", "/nowhere", None, 404, "No route GET /nowhere; the routes are listed at /docs"),
+        ("delete", "/runs", None, 405, "DELETE is not allowed on /runs; it takes GET, POST"),
         ("post", "/runs/nope/cancel", None, 404, "No run nope"),
         ("post", "/runs/nope/resume", None, 404, "No run nope"),
         ("get", "/runs/nope/events", None, 404, "No run nope"),
@@ -394,9 +397,25 @@ def test_bad_requests_get_clear_problems(
     assert "Traceback" not in response.text
 
 
+def test_a_method_a_path_does_not_take_gets_the_methods_it_does(client: httpx.Client) -> None:
+    response = client.delete("/runs")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"  # was "POST": the first route's only
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 def test_malformed_and_huge_bodies(client: httpx.Client) -> None:
     bad = client.post("/runs", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 422 and "not valid JSON" in bad.json()["detail"]
+    latin = client.post(
+        "/runs", content=b'{"focus_area": "\xe9"}', headers={"content-type": "application/json"}
+    )
+    assert latin.status_code == 400  # was "There was an error parsing the body"
+    assert latin.headers["content-type"] == "application/problem+json"
+    assert latin.json()["detail"] == (
+        "The body could not be read: 'utf-8' codec can't decode byte 0xe9 in position 16: "
+        "invalid continuation byte. Send a JSON object encoded in UTF-8."
+    )
     huge = client.post("/runs", json={"focus_area": "all", "question": "x" * 200_000})
     assert huge.status_code == 413
     assert "larger than 65536 bytes" in huge.json()["detail"]
