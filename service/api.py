@@ -484,13 +484,13 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     async def known_query(request: Request) -> None:
         """Refuse query parameters the route does not take (422)."""
         # Ignored, a misspelt filter (?segmnt=Retail) would widen the answer unnoticed.
-        path = getattr(request.scope.get("route"), "path", "")
         if not takes:  # the schema is the list of what each route takes
-            for path, operations in app.openapi()["paths"].items():
+            for template, operations in app.openapi()["paths"].items():
                 for method, operation in operations.items():
-                    takes[(method.upper(), path)] = [
+                    takes[(method.upper(), template)] = [
                         p["name"] for p in operation.get("parameters", []) if p["in"] == "query"
                     ]
+        path = getattr(request.scope.get("route"), "path", "")
         names = takes.get((request.method, path))
         if names is None:
             return

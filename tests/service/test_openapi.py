@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from service.api import ServiceSettings, create_app
 
@@ -104,3 +105,11 @@ def test_parameters_are_documented_as_sent_never_null() -> None:
         "failed",
         "cancelled",
     ]
+
+
+def test_the_first_request_is_checked_against_its_own_route() -> None:
+    """Query parameters are checked against the schema from the very first request."""
+    client = TestClient(create_app(ServiceSettings(finmatch_api_keys="")))
+    response = client.get("/metrics", params={"segmnt": "Retail"})
+    assert response.status_code == 422, response.text
+    assert "GET /metrics takes: segment, lifecycle_stage" in response.json()["detail"]
