@@ -1,8 +1,20 @@
 """The agent endpoint: FastAPI routes over the run manager, the metric catalog and the data.
 
 `create_app()` builds the app; `finmatch serve` runs it with uvicorn. Every error is a JSON
-problem body (`type`, `title`, `status`, `detail`), never a stack trace. When API keys are
-set (`FINMATCH_API_KEYS`), every route but `/health` needs `Authorization: Bearer <key>`.
+problem body (`type`, `title`, `status`, `detail`), never a stack trace.
+
+When API keys are set (`FINMATCH_API_KEYS`), every path but `/health` needs
+`Authorization: Bearer <key>`: the routes, FastAPI's own `/docs`, `/redoc`, `/openapi.json`
+and `/docs/oauth2-redirect`, and paths that do not exist. The check is `RequireKey`, a
+pure ASGI middleware, the outermost layer of the app: it sees the request line and headers
+before routing, so nothing has read the body yet. A FastAPI dependency cannot do that:
+FastAPI parses a route's body before it solves any dependency, route- or router-level, so a
+key dependency answers an unauthenticated, unparsable body with 400 or 422 instead of 401;
+and it covers only the routes it is declared on, which FastAPI's documentation routes are
+not. The middleware denies by default: a route added later needs the key without anyone
+remembering to say so. The OpenAPI schema declares the same rule (a bearer security scheme
+on every operation but `/health`, with its 401), and declares the problem answers each
+route gives, as `application/problem+json`.
 """
 
 from __future__ import annotations
@@ -12,24 +24,23 @@ import datetime
 import hmac
 import json
 import logging
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from mlflow.pyfunc import ResponsesAgent
-from mlflow.types.responses import (
-    ResponsesAgentRequest,
-    ResponsesAgentResponse,
-    ResponsesAgentStreamEvent,
-)
-from pydantic import BaseModel, ConfigDict, Field
+from mlflow.types import responses
+from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamEvent
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from graphs.areas import FOCUS_AREAS
 from graphs.models import UnknownModel, available_models, check_model
@@ -40,11 +51,29 @@ from service.runs import ALL, RunSettings
 from service.store import RunRecord, RunStore, Status
 from tools.metrics import Filters, dashboard
 from tools.settings import project_home
-from tools.warehouse import WarehouseError, as_records
+from tools.warehouse import Warehouse, WarehouseError, as_records
 
 log = logging.getLogger("finmatch.service")
+T = TypeVar("T")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 15.0
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+# Each error status of the service: the title of its problem, and when a route answers it.
+ANSWERS: dict[int, tuple[str, str]] = {
+    400: ("Bad request", "The body is not UTF-8 JSON, or a header is not what it must be"),
+    401: ("Unauthorized", "No valid API key was sent"),
+    404: ("Not found", "No run has this id"),
+    405: ("Method not allowed", "The path does not take this method"),
+    409: ("Conflict", "The run's status does not allow this"),
+    413: ("Request body too large", "The body is larger than FINMATCH_MAX_BODY_BYTES"),
+    422: ("Unprocessable request", "A parameter or the body is invalid: the detail says which"),
+    429: ("Too many runs waiting", "The run queue is full; try again when runs have finished"),
+    502: ("Run failed", "The run failed; POST /runs/{id}/resume continues it"),
+    503: ("Not ready", "The warehouse, the checkpointer or the run history cannot be reached"),
+}
+OPEN_PATHS = frozenset({"/health"})  # answered without a key, for probes
+ASK_FOR_KEY = "send one of this service's API keys as 'Authorization: Bearer <key>'"
 
 
 class ServiceSettings(BaseSettings):
@@ -81,10 +110,45 @@ def check_bind(host: str, settings: ServiceSettings) -> None:
 class Problem(BaseModel):
     """An error: what went wrong and what to do about it."""
 
+    # Every answer carries all four fields, `type` included: the schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     type: str = Field("about:blank", examples=["about:blank"])
     title: str = Field(examples=["Unprocessable request"])
     status: int = Field(examples=[422])
     detail: str = Field(examples=["Unknown focus area 'growth'; choose one of: ..."])
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    """Pass on a date written YYYY-MM-DD; refuse the numbers pydantic reads as timestamps."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return value  # pydantic parses it, and refuses a day that does not exist
+    raise ValueError(f"a date is written YYYY-MM-DD; got {value!r}")
+
+
+def _iso_datetime(value: Any) -> Any:
+    """Pass on a date-time written from YYYY-MM-DD on; refuse numbers (timestamps)."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.match(value):
+        return value
+    raise ValueError(f"a date-time is written YYYY-MM-DDTHH:MM:SSZ; got {value!r}")
+
+
+# The schema says `format: date` and `date-time`; pydantic alone would take 0 as 1970.
+IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
+IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_iso_datetime)]
+
+
+class ResponsesAgentRequest(responses.ResponsesAgentRequest):
+    """MLflow's ResponsesAgentRequest, taken as its schema says: `true`, not 1; 5, not "5"."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class RunFilters(BaseModel):
@@ -95,8 +159,8 @@ class RunFilters(BaseModel):
     segment: str | None = Field(None, examples=["Retail"])
     lifecycle_stage: str | None = Field(None, examples=["Engaged"])
     product_type: str | None = Field(None, examples=["Credit Card"])
-    date_from: datetime.date | None = Field(None, examples=["2024-01-01"])
-    date_to: datetime.date | None = Field(None, examples=["2024-12-31"])
+    date_from: IsoDate | None = Field(None, examples=["2024-01-01"])
+    date_to: IsoDate | None = Field(None, examples=["2024-12-31"])
 
 
 class RunRequest(BaseModel):
@@ -197,7 +261,7 @@ def _view(run: RunRecord, steps: list[StepView] | None = None) -> RunView:
 # -- the app ---------------------------------------------------------------------------
 def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Any:
     body = Problem(title=title, status=status, detail=detail).model_dump()
-    return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
+    return JSONResponse(body, status, headers=headers, media_type=PROBLEM_JSON)
 
 
 class _TooLarge(HTTPException):
@@ -238,6 +302,119 @@ class BodyLimit:
         await _problem(413, "Request body too large", detail)(scope, receive, send)
 
 
+def key_problem(authorization: str | None, keys: list[bytes]) -> str | None:
+    """Say what is wrong with an Authorization header value, or None when it holds a key."""
+    if authorization is None:
+        return f"The request has no Authorization header; {ASK_FOR_KEY}."
+    scheme, _, token = authorization.partition(" ")
+    given = token.strip().encode()
+    ok = False
+    for key in keys:  # compare with every key, in constant time: no early exit on a match
+        ok |= hmac.compare_digest(given, key)
+    if scheme.lower() != "bearer":
+        return f"The Authorization header uses the {scheme!r} scheme, not Bearer; {ASK_FOR_KEY}."
+    if not ok:  # the key sent is not repeated: it may be a real secret sent by mistake
+        return f"The bearer key sent is not one of this service's keys; {ASK_FOR_KEY}."
+    return None
+
+
+class RequireKey:
+    """Answer 401 to a request without a valid key before routing reads anything else."""
+
+    def __init__(self, app: Any, keys: list[bytes]) -> None:
+        """Wrap `app`; with no keys every request passes."""
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Pass the request on when its path is open or it carries a key."""
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        problem = key_problem(authorization, self.keys)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        response = _problem(401, "Unauthorized", problem, {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Document that a route answers these statuses with a Problem (`responses=`)."""
+    return {
+        status: {
+            "description": ANSWERS[status][1],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
+        }
+        for status in statuses
+    }
+
+
+def _documented(schema: dict[str, Any], secured: bool) -> dict[str, Any]:
+    """Complete FastAPI's generated schema with what the service really answers."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema(
+        mode="serialization", ref_template="#/components/schemas/{model}"
+    )
+    # FastAPI documents its own validation body (HTTPValidationError) as a 422 of every
+    # route with parameters. This service answers a Problem instead, and a route that can
+    # answer 422 says so with `problems(422)`; the others cannot (a path segment is any
+    # string).
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            content = operation["responses"].get("422", {}).get("content", {})
+            if "application/json" in content:
+                del operation["responses"]["422"]
+            for parameter in operation.get("parameters", []):
+                # A query string or a header cannot carry null: an optional parameter is
+                # one left out, so its schema is the type it has when sent.
+                given = parameter["schema"]
+                sent = [s for s in given.get("anyOf", []) if s != {"type": "null"}]
+                if len(sent) == 1 and len(given["anyOf"]) == 2:
+                    rest = {k: v for k, v in given.items() if k != "anyOf"}
+                    parameter["schema"] = {**sent[0], **rest}
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    if secured:  # the rule RequireKey applies, declared the same way
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the service's FINMATCH_API_KEYS",
+            }
+        }
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if secured and path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {
+                    **problems(401)[401],
+                    "headers": {
+                        "WWW-Authenticate": {
+                            "description": "Bearer: the scheme to authenticate with",
+                            "required": True,
+                            "schema": {"type": "string", "const": "Bearer"},
+                        }
+                    },
+                }
+    return schema
+
+
+def _explain(errors: Any) -> str:
+    """Validation errors as one line: where each is and what is wrong."""
+    parts = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
 def _fail(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail)
 
@@ -246,8 +423,8 @@ def scope_query(
     segment: Annotated[str | None, Query()] = None,
     lifecycle_stage: Annotated[str | None, Query()] = None,
     product_type: Annotated[str | None, Query()] = None,
-    date_from: Annotated[datetime.date | None, Query()] = None,
-    date_to: Annotated[datetime.date | None, Query()] = None,
+    date_from: Annotated[IsoDate | None, Query()] = None,
+    date_to: Annotated[IsoDate | None, Query()] = None,
 ) -> RunFilters:
     """The scope filters of a GET request's query string."""
     return RunFilters(
@@ -302,70 +479,87 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             store.close()
             close_all()
 
+    takes: dict[tuple[str, str], list[str]] = {}  # (method, path) -> its query parameters
+
+    async def known_query(request: Request) -> None:
+        """Refuse query parameters the route does not take (422)."""
+        # Ignored, a misspelt filter (?segmnt=Retail) would widen the answer unnoticed.
+        if not takes:  # the schema is the list of what each route takes
+            for template, operations in app.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    takes[(method.upper(), template)] = [
+                        p["name"] for p in operation.get("parameters", []) if p["in"] == "query"
+                    ]
+        path = getattr(request.scope.get("route"), "path", "")
+        names = takes.get((request.method, path))
+        if names is None:
+            return
+        unknown = [name for name in request.query_params if name not in names]
+        if unknown:
+            listed = ", ".join(repr(name) for name in dict.fromkeys(unknown))
+            what = f"takes: {', '.join(names)}" if names else "takes none"
+            raise _fail(
+                422,
+                f"Unknown query parameter {listed}; {request.method} {path} {what}. "
+                "Remove it or correct its name.",
+            )
+
     app = FastAPI(
         title="FinMatch Agents",
         version="0.1.0",
         description="Focus-area agents over fpr_records: start runs, follow their steps, "
         "read reports, browse the metrics and the records.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query)],
     )
     app.add_middleware(BodyLimit, limit=settings.finmatch_max_body_bytes)
+    # Added last, so outermost: an unauthenticated request learns nothing, not even the
+    # body limit, and no byte of its body is read.
+    app.add_middleware(RequireKey, keys=keys)
 
     @app.exception_handler(HTTPException)
     async def http_problem(request: Request, exc: HTTPException) -> Any:
-        titles = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 409: "Conflict",
-                  413: "Request body too large", 422: "Unprocessable request",
-                  429: "Too many runs waiting", 502: "Run failed",
-                  503: "Not ready"}  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        path, headers = request.url.path, dict(exc.headers or {})
         if exc.status_code == 413:
             detail = f"The request body is larger than {settings.finmatch_max_body_bytes} bytes."
-        title = titles.get(exc.status_code, "Error")
-        return _problem(exc.status_code, title, detail, dict(exc.headers or {}))
+        # Routing and FastAPI's body reading raise these with no more than the status said.
+        elif exc.status_code == 404 and detail == "Not Found":
+            detail = f"No route {request.method} {path}; the routes are listed at /docs."
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            # Starlette's Allow names the methods of the first route on the path only.
+            methods = {
+                method
+                for route in app.router.routes
+                if route.matches(request.scope)[0] != Match.NONE
+                for method in getattr(route, "methods", None) or ()
+            }
+            headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+            detail = f"{request.method} is not allowed on {path}; it takes {headers['Allow']}."
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            reason = f": {exc.__cause__}" if exc.__cause__ else ""
+            detail = f"The body could not be read{reason}. Send a JSON object encoded in UTF-8."
+        title = ANSWERS[exc.status_code][0] if exc.status_code in ANSWERS else "Error"
+        return _problem(exc.status_code, title, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> Any:
-        parts = []
-        for err in exc.errors():
-            if err.get("type") == "json_invalid":
-                reason = (err.get("ctx") or {}).get("error", "")
-                parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
-                continue
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            parts.append(f"{where or 'body'}: {err.get('msg')}")
-        return _problem(422, "Unprocessable request", "; ".join(parts))
+        return _problem(422, "Unprocessable request", _explain(exc.errors()))
 
     @app.exception_handler(Exception)
     async def internal_problem(request: Request, exc: Exception) -> Any:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _problem(500, "Internal error", "The service failed; the error is in its log.")
 
-    async def require_key(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not keys:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        given = token.strip().encode()
-        ok = False
-        for key in keys:  # compare with every key, in constant time
-            ok |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not ok:
-            raise HTTPException(
-                401,
-                "Send a valid API key as 'Authorization: Bearer <key>'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
     def manager(request: Request) -> RunManager:
         return request.app.state.manager
-
-    guarded = [Depends(require_key)]
 
     @app.get("/health", tags=["service"])
     async def health() -> dict[str, str]:
         """The process is up (no key needed)."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"], dependencies=guarded, responses={503: {"model": Problem}})
+    @app.get("/ready", tags=["service"], responses=problems(503))
     async def ready(request: Request) -> dict[str, str]:
         """The warehouse, the checkpointer and the run history can be reached."""
         m = manager(request)
@@ -379,7 +573,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             raise _fail(503, "Not ready: the run workers or the checkpointer are down.")
         return {"status": "ready", "warehouse": wh.url}
 
-    @app.get("/focus-areas", tags=["agents"], dependencies=guarded)
+    @app.get("/focus-areas", tags=["agents"])
     async def focus_areas() -> list[dict[str, Any]]:
         """The focus areas: business challenge, agent solution and workflow steps."""
         return [
@@ -393,7 +587,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             for a in FOCUS_AREAS.values()
         ]
 
-    @app.get("/models", tags=["agents"], dependencies=guarded)
+    @app.get("/models", tags=["agents"])
     async def models() -> list[dict[str, str]]:
         """The models a run can select; `offline` needs no LLM."""
         return [
@@ -401,9 +595,16 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             for m in available_models()
         ]
 
+    async def on_warehouse(fn: Callable[[Warehouse], T]) -> T:
+        """Call `fn` with the warehouse off the event loop; one that fails answers 503."""
+        try:
+            wh = await asyncio.to_thread(warehouse_for, warehouse)
+            return await asyncio.to_thread(fn, wh)
+        except WarehouseError as e:  # missing file or table, unreachable host: say which
+            raise _fail(503, str(e)) from e
+
     async def allowed_values(request: Request) -> dict[str, list[str]]:
         if request.app.state.allowed is None:
-            wh = await asyncio.to_thread(warehouse_for, warehouse)
             sql = " UNION ALL ".join(
                 f"SELECT '{key}' AS k, {col} AS v FROM fpr_records GROUP BY {col}"
                 for key, col in (
@@ -412,7 +613,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
                     ("product_type", "product_type"),
                 )
             )
-            result = await asyncio.to_thread(wh.run, sql)
+            result = await on_warehouse(lambda wh: wh.run(sql))
             allowed: dict[str, list[str]] = {}
             for k, v in result.rows:
                 allowed.setdefault(k, []).append(v)
@@ -438,8 +639,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
-        responses={422: {"model": Problem}, 429: {"model": Problem}},
+        responses=problems(400, 413, 422, 429, 503),
     )
     async def start_run(body: RunRequest, request: Request) -> RunView:
         """Queue a run; follow it with GET /runs/{id} or its event stream."""
@@ -475,9 +675,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         steps = [StepView(**{k: e.data.get(k) for k in StepView.model_fields}) for e in events]
         return run, steps
 
-    @app.get(
-        "/runs/{run_id}", tags=["runs"], dependencies=guarded, responses={404: {"model": Problem}}
-    )
+    @app.get("/runs/{run_id}", tags=["runs"], responses=problems(404))
     async def get_run(run_id: str, request: Request) -> RunView:
         """A run's status, finished steps with their numbers, and its report when done."""
         return _view(*await load_run(request, run_id))
@@ -486,8 +684,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/cancel",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
-        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        responses=problems(404, 409),
     )
     async def cancel_run(run_id: str, request: Request) -> RunView:
         """Stop a run at its next step; its finished steps are kept for resume."""
@@ -497,8 +694,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         "/runs/{run_id}/resume",
         status_code=202,
         tags=["runs"],
-        dependencies=guarded,
-        responses={404: {"model": Problem}, 409: {"model": Problem}},
+        responses=problems(404, 409),
     )
     async def resume_run(run_id: str, request: Request) -> RunView:
         """Queue a failed or cancelled run again; it continues after its last finished step."""
@@ -516,9 +712,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     @app.get(
         "/runs/{run_id}/events",
         tags=["runs"],
-        dependencies=guarded,
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem}},
+        responses={200: {"content": {"text/event-stream": {}}}, **problems(400, 404)},
     )
     async def run_events(
         run_id: str,
@@ -559,7 +754,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/runs", tags=["runs"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/runs", tags=["runs"], responses=problems(422))
     async def list_runs(
         request: Request,
         focus_area: Annotated[
@@ -567,8 +762,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         ] = None,
         model: Annotated[str | None, Query(description="Only runs with this model")] = None,
         status: Status | None = None,
-        since: Annotated[datetime.datetime | None, Query(description="Created at or after")] = None,
-        until: Annotated[datetime.datetime | None, Query(description="Created before")] = None,
+        since: Annotated[IsoDateTime | None, Query(description="Created at or after")] = None,
+        until: Annotated[IsoDateTime | None, Query(description="Created before")] = None,
         limit: Annotated[int, Query(ge=1, le=200, description="Runs per page")] = 20,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> RunPage:
@@ -600,23 +795,19 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             next_cursor=f"{last.created_at!r}_{last.id}" if last else None,
         )
 
-    @app.get("/metrics", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/metrics", tags=["data"], responses=problems(422, 503))
     async def metrics(
         request: Request, scope: Annotated[RunFilters, Depends(scope_query)]
     ) -> dict[str, Any]:
         """The dashboard: KPIs, financial metrics and distributions, with the SQL behind them."""
         filters = await check_filters(request, scope)
-        wh = await asyncio.to_thread(warehouse_for, warehouse)
-        try:
-            evidence = await asyncio.to_thread(dashboard, wh, filters)
-        except WarehouseError as e:
-            raise _fail(503, str(e)) from e
+        evidence = await on_warehouse(lambda wh: dashboard(wh, filters))
         return {
             "scope": filters.describe(),
             **{k: v.model_dump(mode="json") for k, v in evidence.items()},
         }
 
-    @app.get("/records", tags=["data"], dependencies=guarded, responses={422: {"model": Problem}})
+    @app.get("/records", tags=["data"], responses=problems(422, 503))
     async def records(
         request: Request,
         scope: Annotated[RunFilters, Depends(scope_query)],
@@ -631,11 +822,7 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             params["after"] = after
         sql = f"SELECT * FROM fpr_records WHERE {where} ORDER BY record_id LIMIT :n"
         params["n"] = page_size + 1
-        wh = await asyncio.to_thread(warehouse_for, warehouse)
-        try:
-            result = await asyncio.to_thread(wh.run, sql, params)
-        except WarehouseError as e:
-            raise _fail(503, str(e)) from e
+        result = await on_warehouse(lambda wh: wh.run(sql, params))
         rows = as_records(result.columns, result.rows)
         more = len(rows) > page_size
         rows = rows[:page_size]
@@ -700,6 +887,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         try:
             focus, model, filters = understand(body)
             scope = RunFilters(**filters)
+        except ValidationError as e:
+            raise _fail(422, f"custom_inputs.filters: {_explain(e.errors())}") from e
         except ValueError as e:
             raise _fail(422, str(e)) from e
         run = await queue_run(request, focus, model, scope, last_user_text(body)[:QUESTION_CHARS])
@@ -737,17 +926,25 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
             "Events of ResponsesAgentStreamEvent ending with `data: [DONE]`",
             "content": {"text/event-stream": {}},
         },
-        422: {"model": Problem},
-        502: {"model": Problem},
+        **problems(400, 413, 422, 429, 502, 503),
     }
     for path, api in (("/invocations", "MLflow"), ("/responses", "OpenAI")):
         app.post(
             path,
             summary=f"Invoke the agents ({api} Responses)",
             tags=["responses"],
-            dependencies=guarded,
             responses=contract,
         )(invoke)
+
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema FastAPI generates, completed once with the real answers."""
+        if app.openapi_schema is None:
+            app.openapi_schema = _documented(generated(), secured=bool(keys))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     return app
 

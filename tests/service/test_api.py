@@ -29,6 +29,8 @@ from tests.conftest import Server
 from tools.metrics import Filters, dashboard
 from tools.warehouse import DuckDBWarehouse
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[2]
 GATED = "import:tests.graphs.scripted:gated"
 DATA_STEPS = 4  # Optimization Opportunities runs four data steps before the model step
@@ -298,12 +300,48 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             "is after date_to",
         ),
         ("post", "/runs", {"focus": "all"}, 422, "focus_area: Field required"),
+        (  # was 202: a number was read as seconds since 1970
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"date_from": 0}},
+            422,
+            "filters.date_from: Value error, a date is written YYYY-MM-DD; got 0",
+        ),
+        (
+            "post",
+            "/runs",
+            {"focus_area": "all", "filters": {"date_to": "2024-01-01T12:00:00"}},
+            422,
+            "a date is written YYYY-MM-DD; got '2024-01-01T12:00:00'",
+        ),
+        ("get", "/metrics?date_from=0", None, 422, "date_from: Value error, a date is written"),
+        ("get", "/records?date_to=86400", None, 422, "YYYY-MM-DD; got '86400'"),
+        (  # was 200: an unknown parameter was ignored, so the whole table was measured
+            "get",
+            "/metrics?segmnt=Retail",
+            None,
+            422,
+            "Unknown query parameter 'segmnt'; GET /metrics takes: segment, lifecycle_stage",
+        ),
+        ("get", "/runs?statuss=failed", None, 422, "Unknown query parameter 'statuss'"),
+        (  # was 200: seconds since 1970
+            "get",
+            "/runs?until=0",
+            None,
+            422,
+            "until: Value error, a date-time is written YYYY-MM-DDTHH:MM:SSZ; got '0'",
+        ),
+        ("get", "/records?=1", None, 422, "Unknown query parameter ''"),
+        ("post", "/runs?focus_area=all", {"focus_area": "all"}, 422, "takes none"),
         ("get", "/records?page_size=0", None, 422, "page_size: Input should be greater"),
         ("get", "/records?page_size=201", None, 422, "page_size: Input should be less"),
         ("get", "/metrics?product_type=Yacht", None, 422, "Unknown product_type 'Yacht'"),
         ("get", "/runs?limit=0", None, 422, "limit: Input should be greater"),
         ("get", "/runs?cursor=nonsense", None, 422, "is not a next_cursor"),
         ("get", "/runs/nope", None, 404, "No run nope"),
+        # were "Not Found" and "Method Not Allowed"
+        ("get", "/nowhere", None, 404, "No route GET /nowhere; the routes are listed at /docs"),
+        ("delete", "/runs", None, 405, "DELETE is not allowed on /runs; it takes GET, POST"),
         ("post", "/runs/nope/cancel", None, 404, "No run nope"),
         ("post", "/runs/nope/resume", None, 404, "No run nope"),
         ("get", "/runs/nope/events", None, 404, "No run nope"),
@@ -330,6 +368,22 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             422,
             "colour",
         ),
+        # was 200: 1 was read as true, "5" as 5, though the schema says boolean, integer
+        ("post", "/invocations", {"input": [], "stream": 1}, 422, "stream: Input should be a"),
+        (
+            "post",
+            "/responses",
+            {"input": [], "max_output_tokens": "5"},
+            422,
+            "max_output_tokens: Input should be a valid integer",
+        ),
+        (
+            "post",
+            "/invocations",
+            {"input": [], "custom_inputs": {"filters": {"date_from": 0}}},  # was 200
+            422,
+            "custom_inputs.filters: date_from: Value error, a date is written YYYY-MM-DD; got 0",
+        ),
     ],
 )
 def test_bad_requests_get_clear_problems(
@@ -345,9 +399,25 @@ def test_bad_requests_get_clear_problems(
     assert "Traceback" not in response.text
 
 
+def test_a_method_a_path_does_not_take_gets_the_methods_it_does(client: httpx.Client) -> None:
+    response = client.delete("/runs")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"  # was "POST": the first route's only
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 def test_malformed_and_huge_bodies(client: httpx.Client) -> None:
     bad = client.post("/runs", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 422 and "not valid JSON" in bad.json()["detail"]
+    latin = client.post(
+        "/runs", content=b'{"focus_area": "\xe9"}', headers={"content-type": "application/json"}
+    )
+    assert latin.status_code == 400  # was "There was an error parsing the body"
+    assert latin.headers["content-type"] == "application/problem+json"
+    assert latin.json()["detail"] == (
+        "The body could not be read: 'utf-8' codec can't decode byte 0xe9 in position 16: "
+        "invalid continuation byte. Send a JSON object encoded in UTF-8."
+    )
     huge = client.post("/runs", json={"focus_area": "all", "question": "x" * 200_000})
     assert huge.status_code == 413
     assert "larger than 65536 bytes" in huge.json()["detail"]
@@ -361,6 +431,29 @@ def test_malformed_and_huge_bodies(client: httpx.Client) -> None:
     chunked = client.post("/runs", content=chunks(), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
     assert chunked.headers["content-type"] == "application/problem+json"
+
+
+def test_without_a_warehouse_the_data_routes_say_so(tmp_path: Path) -> None:
+    """Every route that reads the data answers 503 with the reason, never 500."""
+    srv = Server(tmp_path, tmp_path / "absent.duckdb", FINMATCH_TRACING="false")
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for method, path, body in [
+                ("get", "/ready", None),
+                ("get", "/metrics", None),  # was 500
+                ("get", "/records", None),  # was 500
+                ("post", "/runs", {"focus_area": "all"}),  # was 500
+                ("post", "/invocations", {"input": []}),  # was 500
+            ]:
+                response = c.request(method, path, json=body)
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                detail = response.json()["detail"]
+                assert f"No warehouse file at {tmp_path / 'absent.duckdb'}" in detail, detail
+                assert "finmatch seed" in detail
+    finally:
+        srv.stop()
 
 
 def test_restart_mid_run_then_resume(tmp_path: Path, warehouse_file: Path) -> None:
@@ -406,23 +499,95 @@ def test_restart_mid_run_then_resume(tmp_path: Path, warehouse_file: Path) -> No
         srv.stop()
 
 
-def test_api_keys(tmp_path: Path, warehouse_file: Path) -> None:
-    srv = Server(tmp_path, warehouse_file, FINMATCH_API_KEYS="key-one, key-two")
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, warehouse_file: Path) -> Iterator[Server]:
+    """A server with two API keys."""
+    srv = Server(
+        tmp_path_factory.mktemp("keyed"), warehouse_file, FINMATCH_API_KEYS="key-one, key-two"
+    )
     srv.start()
-    try:
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            assert c.get("/health").status_code == 200
-            missing = c.get("/models")
-            assert missing.status_code == 401
-            assert missing.headers["www-authenticate"] == "Bearer"
-            assert "Authorization: Bearer" in missing.json()["detail"]
-            assert c.get("/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-            assert c.get("/models", headers={"Authorization": "Basic key-two"}).status_code == 401
-            ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
-            assert ok.status_code == 200
-            assert c.post("/runs", json={"focus_area": "all"}).status_code == 401
-    finally:
-        srv.stop()
+    yield srv
+    srv.stop()
+
+
+def unauthorized(response: httpx.Response) -> dict[str, Any]:
+    """Assert `response` is the service's 401 problem; return its body."""
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert set(body) == {"type", "title", "status", "detail"} and body["status"] == 401
+    assert "Authorization: Bearer <key>" in body["detail"]
+    return body
+
+
+def test_api_keys(keyed: Server) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        assert c.get("/health").status_code == 200
+        missing = unauthorized(c.get("/models"))
+        assert "no Authorization header" in missing["detail"]
+        wrong = unauthorized(c.get("/models", headers={"Authorization": "Bearer nope"}))
+        assert "not one of this service's keys" in wrong["detail"]
+        assert "nope" not in wrong["detail"]  # a key sent is never echoed
+        basic = unauthorized(c.get("/models", headers={"Authorization": "Basic key-two"}))
+        assert "'Basic'" in basic["detail"]
+        ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
+        assert ok.status_code == 200
+        assert c.get("/models", headers={"Authorization": "bearer key-one"}).status_code == 200
+        unauthorized(c.post("/runs", json={"focus_area": "all"}))
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_api_keys_guard_the_docs(keyed: Server, path: str) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        unauthorized(c.get(path))
+        unauthorized(c.get(path, headers={"Authorization": "Bearer nope"}))
+        assert c.get(path, headers={"Authorization": "Bearer key-one"}).status_code == 200
+
+
+def test_the_schema_of_a_keyed_service_says_which_routes_need_the_key(keyed: Server) -> None:
+    key = {"Authorization": "Bearer key-one"}
+    spec = httpx.get(f"{keyed.url}/openapi.json", headers=key, timeout=30).json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the service's FINMATCH_API_KEYS",
+    }
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            if path == "/health":
+                assert "security" not in operation and "401" not in operation["responses"]
+            else:
+                assert operation["security"] == [{"bearer": []}], path
+                assert "401" in operation["responses"], path
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),  # was 422: the body was parsed first
+        (b'{"focus": "all"}', "application/json"),  # parsed, then invalid
+        (b'{"focus_area": "\xff"}', "application/json"),  # was 400: not UTF-8
+        (b"x" * 100_000, "application/json"),  # was 413: over the body limit
+        (b"focus_area=all", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_the_key_is_checked_before_the_body_is_read(
+    keyed: Server, content: bytes, content_type: str
+) -> None:
+    for path in ("/runs", "/invocations", "/responses"):
+        response = httpx.post(
+            f"{keyed.url}{path}", content=content, headers={"content-type": content_type}
+        )
+        unauthorized(response)
+
+
+def test_unknown_paths_need_the_key_too(keyed: Server) -> None:
+    """Without the key the service tells nothing, not even which paths exist."""
+    unauthorized(httpx.get(f"{keyed.url}/nowhere"))
+    unauthorized(httpx.delete(f"{keyed.url}/runs"))
+    key = {"Authorization": "Bearer key-two"}
+    assert httpx.get(f"{keyed.url}/nowhere", headers=key).status_code == 404
 
 
 def test_serve_refuses_other_addresses_without_a_key(tmp_path: Path) -> None:
