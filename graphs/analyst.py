@@ -139,6 +139,7 @@ def _action(f: Finding) -> str | None:
         "value_at_risk": "Protect the churn-weighted value at risk with proactive service",
         "pipeline_backlog": "Clear the backlog of pending and in-progress recommendations",
         "acceptance_trend": "Find out what changed in acceptance and act on it",
+        "scope": "Widen the scope: leave out the filter that leaves the most records",
     }.get(kind)
 
 
@@ -147,15 +148,21 @@ def offline_analysis(area: FocusArea, findings: list[Finding], question: str) ->
     ordered = _ordered(findings, area)
     relationships = [f for f in ordered if f.strength != "descriptive"]
     overview = next((f for f in findings if f.kind == "overview"), None)
-    headline = (
-        f"{relationships[0].title} [{relationships[0].id}]."
-        if relationships
-        else "No relationship in this scope is material; the figures below are descriptive."
-    )
+    scope = next((f for f in findings if f.kind == "scope"), None)
+    if scope is not None:  # nothing, or too little, to analyse: say so and what to widen
+        headline = f"{scope.title} [{scope.id}]."
+    elif relationships:
+        headline = f"{relationships[0].title} [{relationships[0].id}]."
+    else:
+        headline = "No relationship in this scope is material; the figures below are descriptive."
     summary = []
+    if scope is not None:
+        summary.append(f"{scope.claim} [{scope.id}]")
     if overview:
         summary.append(f"{overview.claim} [{overview.id}]")
-    if relationships:
+    if scope is not None:  # the scope finding says already why nothing is claimed
+        pass
+    elif relationships:
         summary.append(
             "The strongest signals: " + " ".join(f"{f.claim} [{f.id}]" for f in relationships[:3])
         )
@@ -403,11 +410,16 @@ async def analyse(
     """Run the AI step for `area`: return the state update and the detail line."""
     findings = [Finding(**f) for f in state.get("findings", [])]
     scope = ctx.filters().describe()
-    if ctx.model == OFFLINE:
+    # With no record in the scope there is nothing for a model to read: no call is made.
+    empty = any(f.kind == "scope" and not f.sample_size for f in findings)
+    if ctx.model == OFFLINE or empty:
         analysis = offline_analysis(area, findings, state.get("question", ""))
+        label = OFFLINE_LABEL
+        if ctx.model != OFFLINE:
+            label += f" ({ctx.model} was not called: no record matches the scope)"
         meta: dict[str, Any] = {
-            "model": OFFLINE,
-            "label": OFFLINE_LABEL,
+            "model": ctx.model,
+            "label": label,
             "tool_calls": 0,
             "model_calls": 0,
             "rejections": [],

@@ -22,6 +22,23 @@ MIN_BALANCE_RATIO = 2.0
 MIN_CHURN_GAP = 0.10
 
 Ev = dict[str, Any]
+# The fields each kind of detector compares; rows missing any are left out.
+RATE = ("records", "accepted", "acceptance_rate")
+OVERVIEW = (
+    "records",
+    "acceptance_rate",
+    "total_product_sales",
+    "avg_satisfaction_score",
+    "avg_churn_probability",
+)
+AT_RISK = (
+    "customers",
+    "balance_at_risk",
+    "total_balance",
+    "sales_at_risk",
+    "high_risk_customers",
+)
+POOL = ("records", "pending", "in_progress", "declined", "potential_sales")
 BANDS = ("Low (<0.25)", "Moderate (0.25-0.50)", "High (0.50-0.75)", "Very high (>=0.75)")
 
 
@@ -62,9 +79,23 @@ def z_two_proportions(k1: float, n1: float, k2: float, n2: float) -> float:
     return 0.0 if se == 0 else (k1 / n1 - k2 / n2) / se
 
 
-def _rows(ev: Ev, breakdown: str | None = None) -> list[dict[str, Any]]:
-    rows = ev.get("rows", [])
-    return [r for r in rows if breakdown is None or r.get("breakdown") == breakdown]
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rows(ev: Ev, breakdown: str | None = None, need: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Rows of `breakdown` (all rows when None) whose `need` fields all hold numbers.
+
+    An aggregate over no rows, or over values that are all missing or not finite, comes
+    back as NULL (None): such a row says nothing a detector can compare, so it is left out.
+    """
+    wanted = tuple(need)
+    return [
+        r
+        for r in ev.get("rows", [])
+        if (breakdown is None or r.get("breakdown") == breakdown)
+        and all(_number(r.get(f)) for f in wanted)
+    ]
 
 
 def _strength(effect: float, strong: float) -> str:
@@ -73,7 +104,7 @@ def _strength(effect: float, strong: float) -> str:
 
 def band_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Finding]:
     """Acceptance in the top band of `breakdown` against the bottom band."""
-    rows = {r[breakdown]: r for r in _rows(ev, breakdown)}
+    rows = {r[breakdown]: r for r in _rows(ev, breakdown, RATE)}
     present = [b for b in BANDS if b in rows and rows[b]["records"] >= MIN_GROUP]
     if len(present) < 2:
         return []
@@ -111,14 +142,14 @@ def band_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Findi
 
 def lagging_cells(ev: Ev, limit: int = 3) -> list[Finding]:
     """Segment x product cells whose acceptance lags the rest of the portfolio."""
-    totals = _rows(ev, "segment")
+    totals = _rows(ev, "segment", (*RATE, "avg_affinity"))
     n_all = sum(r["records"] for r in totals)
     k_all = sum(r["accepted"] for r in totals)
     if not n_all:
         return []
     affinity_all = sum(r["avg_affinity"] * r["records"] for r in totals) / n_all
     found = []
-    for r in _rows(ev, "segment_product"):
+    for r in _rows(ev, "segment_product", (*RATE, "avg_affinity")):
         n, k = r["records"], r["accepted"]
         n_rest, k_rest = n_all - n, k_all - k
         if n < MIN_GROUP or n_rest < MIN_GROUP:
@@ -163,7 +194,7 @@ def lagging_cells(ev: Ev, limit: int = 3) -> list[Finding]:
 
 def group_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Finding]:
     """Best against worst group of `breakdown` (e.g. lifecycle stage) by acceptance."""
-    rows = [r for r in _rows(ev, breakdown) if r["records"] >= MIN_GROUP]
+    rows = [r for r in _rows(ev, breakdown, RATE) if r["records"] >= MIN_GROUP]
     if len(rows) < 2:
         return []
     best = max(rows, key=lambda r: r["acceptance_rate"])
@@ -202,9 +233,9 @@ def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ())
     """Pairs of numeric columns that move together (|r| above the threshold)."""
     skip = set(exclude)
     out = []
-    for r in _rows(ev):
-        value, n = r.get("r"), r.get("n", 0)
-        if value is None or n < 100 or abs(value) < MIN_CORRELATION:
+    for r in _rows(ev, need=("r", "n")):
+        value, n = r["r"], r["n"]
+        if n < 100 or abs(value) < MIN_CORRELATION:
             continue
         if frozenset((r["column_a"], r["column_b"])) in skip:
             continue
@@ -237,8 +268,8 @@ def segment_balances(ev: Ev) -> list[Finding]:
     """Spread of customers' median balances across segments (value_at_risk evidence)."""
     rows = [
         r
-        for r in _rows(ev, "segment")
-        if r["customers"] >= MIN_GROUP and r["median_account_balance"]
+        for r in _rows(ev, "segment", ("customers", "median_account_balance"))
+        if r["customers"] >= MIN_GROUP and r["median_account_balance"] > 0
     ]
     if len(rows) < 2:
         return []
@@ -273,8 +304,14 @@ def segment_balances(ev: Ev) -> list[Finding]:
 
 def churn_by_stage(ev: Ev) -> list[Finding]:
     """Lifecycle stage whose churn probability stands out from the portfolio."""
-    total = next(iter(_rows(ev, "total")), None)
-    stages = [r for r in _rows(ev, "lifecycle_stage") if r["customers"] >= MIN_GROUP]
+    total = next(iter(_rows(ev, "total", ("avg_churn_probability",))), None)
+    stages = [
+        r
+        for r in _rows(
+            ev, "lifecycle_stage", ("customers", "avg_churn_probability", "balance_at_risk")
+        )
+        if r["customers"] >= MIN_GROUP
+    ]
     if not total or not stages:
         return []
     worst = max(stages, key=lambda r: r["avg_churn_probability"])
@@ -309,7 +346,7 @@ def churn_by_stage(ev: Ev) -> list[Finding]:
 
 def portfolio_overview(ev: Ev) -> list[Finding]:
     """The KPIs as one descriptive finding."""
-    rows = _rows(ev)
+    rows = _rows(ev, need=OVERVIEW)
     if not rows or not rows[0]["records"]:
         return []
     k = rows[0]
@@ -344,7 +381,11 @@ def revenue_concentration(ev: Ev) -> list[Finding]:
         ("product_type", "product_type", "product type"),
         ("segment", "customer_segment", "segment"),
     ):
-        rows = [r for r in _rows(ev, breakdown) if r["total_sales"]]
+        rows = [
+            r
+            for r in _rows(ev, breakdown, ("total_sales", "share_of_sales", "accepted", "records"))
+            if r["total_sales"] > 0
+        ]
         if not rows:
             continue
         top = max(rows, key=lambda r: r["total_sales"])
@@ -372,8 +413,8 @@ def revenue_concentration(ev: Ev) -> list[Finding]:
 
 def value_at_risk(ev: Ev) -> list[Finding]:
     """Churn-weighted balance and sales at risk, overall and in the largest segment."""
-    total = next(iter(_rows(ev, "total")), None)
-    segments = _rows(ev, "segment")
+    total = next(iter(_rows(ev, "total", AT_RISK)), None)
+    segments = _rows(ev, "segment", ("balance_at_risk",))
     if not total or not total["customers"]:
         return []
     top = max(segments, key=lambda r: r["balance_at_risk"]) if segments else None
@@ -410,8 +451,8 @@ def value_at_risk(ev: Ev) -> list[Finding]:
 
 def unconverted(ev: Ev) -> list[Finding]:
     """High-affinity recommendations not yet converted: the cross-sell pool."""
-    total = next(iter(_rows(ev, "total")), None)
-    products = _rows(ev, "product_type")
+    total = next(iter(_rows(ev, "total", POOL)), None)
+    products = _rows(ev, "product_type", ("potential_sales",))
     if not total or not total["records"]:
         return []
     top = max(products, key=lambda r: r["potential_sales"]) if products else None
@@ -446,7 +487,11 @@ def unconverted(ev: Ev) -> list[Finding]:
 
 def pipeline_backlog(ev: Ev) -> list[Finding]:
     """Share of recommendations still open (Pending or In Progress)."""
-    rows = {r["value"]: r for r in _rows(ev) if r["dimension"] == "recommendation_status"}
+    rows = {
+        r["value"]: r
+        for r in _rows(ev, need=("records",))
+        if r["dimension"] == "recommendation_status"
+    }
     open_rows = [rows[s] for s in ("Pending", "In Progress") if s in rows]
     total = sum(r["records"] for r in rows.values())
     if not total or not open_rows:
@@ -471,7 +516,7 @@ def pipeline_backlog(ev: Ev) -> list[Finding]:
 
 def acceptance_trend(ev: Ev) -> list[Finding]:
     """Change of acceptance between the first and second half of the period."""
-    rows = _rows(ev)
+    rows = _rows(ev, need=("records", "accepted"))
     if len(rows) < 4:
         return []
     half = len(rows) // 2
@@ -501,5 +546,66 @@ def acceptance_trend(ev: Ev) -> list[Finding]:
             effect_unit="pp",
             sample_size=n1 + n2,
             strength=_strength(gap, 0.1),
+        )
+    ]
+
+
+# Fewer records than this cannot hold two groups of MIN_GROUP: no comparison is possible.
+SMALL_SCOPE = 2 * MIN_GROUP
+_FILTER_WORDS = {
+    "segment": "segment = {}",
+    "lifecycle_stage": "lifecycle stage = {}",
+    "product_type": "product type = {}",
+    "date_from": "from {}",
+    "date_to": "to {}",
+}
+
+
+def scope_too_small(ev: Ev, scope: dict[str, Any], described: str) -> list[Finding]:
+    """Say that the scope holds no records, or too few to compare, and what to widen.
+
+    `ev` is `tools.metrics.scope_coverage` evidence; `scope` the filters that are set
+    (name -> value) and `described` the scope in words.
+    """
+    rows = _rows(ev, need=("records", "table_records"))
+    if not rows or rows[0]["records"] >= SMALL_SCOPE:
+        return []
+    row = rows[0]
+    n = int(row["records"])
+    widen = [
+        (key, int(row[f"without_{key}"]))
+        for key in _FILTER_WORDS
+        if key in scope and _number(row.get(f"without_{key}"))
+    ]
+    widen.sort(key=lambda kv: -kv[1])
+    hints = [f"without {_FILTER_WORDS[k].format(scope[k])}, {m:,} match" for k, m in widen]
+    span = (
+        f"The data holds {int(row['table_records']):,} recommendations, "
+        f"{row['first_date']} to {row['last_date']}."
+        if row["table_records"]
+        else "The table holds no recommendations at all."
+    )
+    if n == 0:
+        title = "No records match this scope"
+        claim = f"No recommendation matches {described}: there is nothing to analyse."
+    else:
+        title = "Too few records to compare groups"
+        claim = (
+            f"Only {n:,} recommendations match {described}: too few to test any "
+            f"relationship (a comparison needs at least {MIN_GROUP} records a group), "
+            "so none is claimed."
+        )
+    claim += (" Widen it: " + "; ".join(hints) + ". " if hints else " ") + span
+    numbers: dict[str, float] = {"records": n, "table_records": row["table_records"]}
+    numbers.update({f"without_{k}": m for k, m in widen})
+    return [
+        Finding(
+            id="",
+            kind="scope",
+            title=title,
+            claim=claim,
+            numbers=numbers,
+            evidence_ids=[ev["id"]],
+            sample_size=n,
         )
     ]

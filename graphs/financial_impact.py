@@ -18,6 +18,7 @@ from graphs.steps import (
     linear_builder,
     load_overview,
     number,
+    overview_detail,
     report_node,
 )
 
@@ -28,8 +29,8 @@ async def banking_financial_data_integration(
 ) -> tuple[dict[str, Any], str]:
     """Load the financial KPIs for the run's scope."""
     k, update, _ = await load_overview(state, runtime, AREA)
-    return update, (
-        f"{k['records']:,} recommendations, {d.money(k['total_product_sales'] or 0)} in sales"
+    return update, overview_detail(
+        k, f"{k['records']:,} recommendations, {d.money(k['total_product_sales'] or 0)} in sales"
     )
 
 
@@ -64,7 +65,7 @@ async def customer_lifetime_value_impact_assessment(
     }
     found = d.value_at_risk(var) + d.churn_by_stage(var) + d.correlations(churn_pairs, limit=2)
     findings = number(state, AREA, found)
-    customers = sum(r["customers"] for r in var["rows"] if r["breakdown"] == "total")
+    customers = sum(r["customers"] or 0 for r in var["rows"] if r["breakdown"] == "total")
     detail = f"{customers:,} customers valued, {kinds(findings)}"
     return {"evidence": [var, churn, corr], "findings": findings}, detail
 

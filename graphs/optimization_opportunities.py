@@ -18,6 +18,7 @@ from graphs.steps import (
     linear_builder,
     load_overview,
     number,
+    overview_detail,
     report_node,
 )
 
@@ -28,8 +29,8 @@ async def banking_optimization_data_preparation(
 ) -> tuple[dict[str, Any], str]:
     """Load the KPIs and distributions the optimisation starts from."""
     k, update, _ = await load_overview(state, runtime, AREA, "distributions")
-    return update, (
-        f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}"
+    return update, overview_detail(
+        k, f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}"
     )
 
 

@@ -18,6 +18,7 @@ from graphs.steps import (
     linear_builder,
     load_overview,
     number,
+    overview_detail,
     report_node,
 )
 
@@ -29,9 +30,10 @@ async def banking_customer_data_initialization(
     """Load the portfolio's KPIs and distributions for the run's scope."""
     k, update, (dist,) = await load_overview(state, runtime, AREA, "distributions")
     products = sum(1 for r in dist["rows"] if r["dimension"] == "product_type")
-    detail = (
+    detail = overview_detail(
+        k,
         f"{k['records']:,} recommendations, {products} product types, "
-        f"acceptance {d.pct(k['acceptance_rate'] or 0)}"
+        f"acceptance {d.pct(k['acceptance_rate'] or 0)}",
     )
     return update, detail
 

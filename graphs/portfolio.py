@@ -154,8 +154,12 @@ async def executive_summary(state: PortfolioState, runtime: Runtime[Context]) ->
     ]
     ungrounded = sum(len(r.ungrounded) for r in reports)
     strong_lines = [f"- {f.claim} [{f.id}]" for f in strongest]
+    # The four areas saw the same scope: when it was empty or small, say so (and what to
+    # widen) once, first.
+    scoped = next((f for r in reports for f in r.findings if f.kind == "scope"), None)
     body = "\n".join(
         [
+            *(["## Scope", scoped.claim + f" [{scoped.id}]", ""] if scoped else []),
             "## Focus areas",
             *lines,
             "",

@@ -25,12 +25,12 @@ from graphs.analyst import analyse
 from graphs.areas import FocusArea
 from graphs.compose import build_report
 from graphs.context import Context
-from graphs.detectors import portfolio_overview
+from graphs.detectors import SMALL_SCOPE, portfolio_overview, scope_too_small
 from graphs.report import Finding
 from graphs.resources import warehouse_for
 from graphs.state import InputState, OutputState, State
 from graphs.tracing import span
-from tools.metrics import MetricBatch
+from tools.metrics import MetricBatch, scope_coverage
 
 StepBody = Callable[[State, Runtime[Context]], Awaitable[tuple[dict[str, Any], str]]]
 Node = Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]
@@ -218,11 +218,26 @@ async def load_overview(
     and the evidence of `more`, in order.
     """
     kpis, *rest = await gather(state, runtime, "kpis", *more)
-    update = {
-        "evidence": [kpis, *rest],
-        "findings": number(state, area, portfolio_overview(kpis)),
-    }
-    return kpis["rows"][0], update, rest
+    evidence = [kpis, *rest]
+    findings = portfolio_overview(kpis)
+    k = kpis["rows"][0]
+    if (k.get("records") or 0) < SMALL_SCOPE:  # empty, or too small to compare anything
+        ctx = runtime.context
+        warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
+        with span("query:scope_coverage", "RETRIEVER"):
+            coverage = await asyncio.to_thread(scope_coverage, warehouse, ctx.filters())
+        taken = [int(e["id"][1:]) for e in [*state.get("evidence", []), *evidence]]
+        covered = {"id": f"E{max(taken, default=0) + 1}", **coverage.model_dump(mode="json")}
+        evidence.append(covered)
+        scope = ctx.filters().model_dump(exclude_none=True)
+        findings += scope_too_small(covered, scope, ctx.filters().describe())
+    update = {"evidence": evidence, "findings": number(state, area, findings)}
+    return k, update, rest
+
+
+def overview_detail(k: dict[str, Any], text: str) -> str:
+    """Return a first step's detail line, or that no recommendation matches the scope."""
+    return text if k.get("records") else "no recommendation matches the scope"
 
 
 def number(state: State, area: FocusArea, findings: list[Finding]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from graphs.steps import (
     linear_builder,
     load_overview,
     number,
+    overview_detail,
     report_node,
 )
 
@@ -28,8 +29,9 @@ async def banking_technology_assessment(
 ) -> tuple[dict[str, Any], str]:
     """Load the portfolio context: KPIs and distributions."""
     k, update, _ = await load_overview(state, runtime, AREA, "distributions")
-    return update, (
-        f"{k['records']:,} recommendations, average score {k['avg_recommendation_score'] or 0:.2f}"
+    score = k["avg_recommendation_score"]
+    return update, overview_detail(
+        k, f"{k['records']:,} recommendations, average score {score or 0:.2f}"
     )
 
 

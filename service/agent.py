@@ -31,8 +31,10 @@ from mlflow.types.responses import (
 )
 
 from graphs.context import Context
+from graphs.resources import warehouse_for
 from service.responses import QUESTION_CHARS, last_user_text, report_text, step_text, understand
 from service.runs import run_focus
+from tools.metrics import Filters, check_scope
 
 _DONE = object()
 
@@ -66,6 +68,7 @@ class FinMatchAgent(ResponsesAgent):
     ) -> Generator[ResponsesAgentStreamEvent, None, None]:
         """Yield each finished step as an output item, then the report."""
         focus, model, filters = understand(request)
+        check_scope(warehouse_for(self.warehouse), Filters(**filters))  # ScopeError says why
         context = Context(model=model, warehouse=self.warehouse, **filters)
         thread_id = str(uuid.uuid4())
         events: queue.Queue[Any] = queue.Queue()

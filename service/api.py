@@ -49,7 +49,7 @@ from service.manager import QueueFull, RunConflict, RunManager
 from service.responses import QUESTION_CHARS, last_user_text, report_text, step_text, understand
 from service.runs import ALL, RunSettings
 from service.store import RunRecord, RunStore, Status
-from tools.metrics import Filters, dashboard
+from tools.metrics import Filters, ScopeError, check_scope, dashboard
 from tools.settings import project_home
 from tools.warehouse import Warehouse, WarehouseError, as_records
 
@@ -463,7 +463,6 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         )
         await manager.start()
         app.state.manager = manager
-        app.state.allowed = None
         loop = asyncio.get_running_loop()
 
         def begin_shutdown() -> None:
@@ -603,36 +602,15 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         except WarehouseError as e:  # missing file or table, unreachable host: say which
             raise _fail(503, str(e)) from e
 
-    async def allowed_values(request: Request) -> dict[str, list[str]]:
-        if request.app.state.allowed is None:
-            sql = " UNION ALL ".join(
-                f"SELECT '{key}' AS k, {col} AS v FROM fpr_records GROUP BY {col}"
-                for key, col in (
-                    ("segment", "customer_segment"),
-                    ("lifecycle_stage", "customer_lifecycle_stage"),
-                    ("product_type", "product_type"),
-                )
-            )
-            result = await on_warehouse(lambda wh: wh.run(sql))
-            allowed: dict[str, list[str]] = {}
-            for k, v in result.rows:
-                allowed.setdefault(k, []).append(v)
-            request.app.state.allowed = {k: sorted(v) for k, v in allowed.items()}
-        return request.app.state.allowed
-
     async def check_filters(request: Request, filters: RunFilters) -> Filters:
         try:
             scope = Filters(**filters.model_dump())
         except ValueError as e:
             raise _fail(422, str(e)) from e
-        allowed = await allowed_values(request)
-        for key in ("segment", "lifecycle_stage", "product_type"):
-            value = getattr(filters, key)
-            if value is not None and value not in allowed.get(key, []):
-                raise _fail(
-                    422,
-                    f"Unknown {key} {value!r}; the data has: {', '.join(allowed.get(key, []))}",
-                )
+        try:
+            await on_warehouse(lambda wh: check_scope(wh, scope))
+        except ScopeError as e:
+            raise _fail(422, str(e)) from e
         return scope
 
     @app.post(

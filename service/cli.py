@@ -207,6 +207,16 @@ def _filters(args: argparse.Namespace) -> Any:
         raise CliError("; ".join(err["msg"] for err in e.errors()), EXIT_USAGE) from e
 
 
+def _check_scope(warehouse: Any, filters: Any) -> None:
+    """Refuse a scope value the data does not hold, as the endpoint does (exit 2)."""
+    from tools.metrics import ScopeError, check_scope
+
+    try:
+        check_scope(warehouse, filters)
+    except ScopeError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Print the dashboard metrics (or one catalog metric)."""
     from tools.metrics import CATALOG, dashboard, run_metric
@@ -218,6 +228,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 0
     warehouse = _open(args)
     try:
+        _check_scope(warehouse, filters)
         if args.metric:
             if args.metric not in CATALOG:
                 raise CliError(
@@ -381,7 +392,10 @@ def _analyze(args: argparse.Namespace, writer: Any) -> int:
         date_from=args.date_from.isoformat() if args.date_from else None,
         date_to=args.date_to.isoformat() if args.date_to else None,
     )
-    _filters(args)  # validates the scope before anything runs
+    from graphs.resources import warehouse_for
+
+    # The scope is checked before anything runs: its dates, then its values in the data.
+    _check_scope(warehouse_for(context.warehouse), _filters(args))
     thread_id = args.thread or str(uuid.uuid4())  # known here, so a stop can name it
     progress = _Progress(quiet=False)
     recording = Recording() if writer else None
@@ -1073,6 +1087,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; nothing was changed")
         return 130
+    finally:
+        pooled = sys.modules.get("graphs.resources")
+        if pooled is not None:  # the warehouses the run opened close before the process ends
+            pooled.close_all()
 
 
 if __name__ == "__main__":

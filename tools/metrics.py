@@ -26,10 +26,12 @@ metric asked again with the same parameters and scope is answered from them, mar
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -41,6 +43,13 @@ from tools.customers import CUSTOMERS, customers_sql
 from tools.evidence import Evidence
 from tools.schema import NUMERIC_COLUMNS
 from tools.warehouse import Warehouse, as_records
+
+# The scope's value filters and the column each one selects on.
+SCOPE_COLUMNS = {
+    "segment": "customer_segment",
+    "lifecycle_stage": "customer_lifecycle_stage",
+    "product_type": "product_type",
+}
 
 
 class Filters(BaseModel):
@@ -66,26 +75,36 @@ class Filters(BaseModel):
             )
         return self
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """Return the SQL condition (canonical dialect, `:name` params) and its parameters."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        for key, column in (
-            ("segment", "customer_segment"),
-            ("lifecycle_stage", "customer_lifecycle_stage"),
-            ("product_type", "product_type"),
-        ):
+    def clauses(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Return each set filter as (field, SQL condition with `:name` params, params)."""
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for key, column in SCOPE_COLUMNS.items():
             value = getattr(self, key)
             if value is not None:
-                clauses.append(f"{column} = :f_{key}")
-                params[f"f_{key}"] = value
+                out.append((key, f"{column} = :f_{key}", {f"f_{key}": value}))
         if self.date_from:
-            clauses.append("product_recommendation_date >= :f_date_from")
-            params["f_date_from"] = self.date_from
+            out.append(
+                (
+                    "date_from",
+                    "product_recommendation_date >= :f_date_from",
+                    {"f_date_from": self.date_from},
+                )
+            )
         if self.date_to:
-            clauses.append("product_recommendation_date <= :f_date_to")
-            params["f_date_to"] = self.date_to
-        return (" AND ".join(clauses) or "TRUE"), params
+            out.append(
+                (
+                    "date_to",
+                    "product_recommendation_date <= :f_date_to",
+                    {"f_date_to": self.date_to},
+                )
+            )
+        return out
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """Return the SQL condition (canonical dialect, `:name` params) and its parameters."""
+        parts = self.clauses()
+        params = {k: v for _, _, p in parts for k, v in p.items()}
+        return (" AND ".join(c for _, c, _ in parts) or "TRUE"), params
 
     def describe(self) -> str:
         """Return the filters in words, e.g. 'segment = Retail, from 2024-01-01'."""
@@ -905,3 +924,94 @@ def dashboard(warehouse: Warehouse, filters: Filters | None = None) -> dict[str,
     the roll-ups costs (measured at 1 M rows: 0.08 s apart, 0.14 s shared).
     """
     return {m: run_metric(warehouse, m, filters) for m in DASHBOARD}
+
+
+class ScopeError(ValueError):
+    """A scope names a value the data does not hold; the message names those it does."""
+
+
+# Values of the scope's columns, per warehouse: kept while an embedded warehouse is open
+# (its data cannot change), for SCOPE_VALUES_TTL_S elsewhere (a new value may arrive).
+SCOPE_VALUES_TTL_S = 300.0
+_scope_values: weakref.WeakKeyDictionary[Warehouse, tuple[float, dict[str, list[str]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_scope_lock = threading.Lock()
+
+
+def scope_values(warehouse: Warehouse) -> dict[str, list[str]]:
+    """Return the values each scope filter can take in the data (segment, stage, product)."""
+    with _scope_lock:
+        kept = _scope_values.get(warehouse)
+    fresh = kept is not None and (
+        warehouse.results is not None or time.monotonic() - kept[0] < SCOPE_VALUES_TTL_S
+    )
+    if kept is not None and fresh:
+        return kept[1]
+    sql = " UNION ALL ".join(
+        f"SELECT '{key}' AS k, {column} AS v FROM fpr_records GROUP BY {column}"
+        for key, column in SCOPE_COLUMNS.items()
+    )
+    values: dict[str, list[str]] = {key: [] for key in SCOPE_COLUMNS}
+    for key, value in warehouse.run(sql).rows:
+        if value is not None:
+            values[key].append(str(value))
+    values = {k: sorted(v) for k, v in values.items()}
+    with _scope_lock:
+        _scope_values[warehouse] = (time.monotonic(), values)
+    return values
+
+
+def check_scope(warehouse: Warehouse, filters: Filters) -> None:
+    """Raise ScopeError when a filter names a value the data does not hold.
+
+    The message names the closest values (a typo: 'Retial' -> 'Retail') and all of them.
+    """
+    values = scope_values(warehouse)
+    for key in SCOPE_COLUMNS:
+        value = getattr(filters, key)
+        if value is None or value in values[key]:
+            continue
+        known = values[key]
+        near = difflib.get_close_matches(value, known, n=3, cutoff=0.6)
+        near += [k for k in known if k.lower() == value.lower() and k not in near]
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "."
+        raise ScopeError(
+            f"Unknown {key.replace('_', ' ')} {value!r}{hint} The data has: "
+            + (", ".join(known) or "no values")
+        )
+
+
+def scope_coverage(warehouse: Warehouse, filters: Filters) -> Evidence:
+    """Return how many records match the scope with each filter left out, and the dates.
+
+    What a report on an empty or small scope tells a manager to widen: one row with the
+    table's records and its first and last recommendation dates, `records` in the scope,
+    and for each set filter `without_<filter>`, the records matching all the others.
+    """
+    parts = filters.clauses()
+    params = {k: v for _, _, p in parts for k, v in p.items()}
+    every = " AND ".join(c for _, c, _ in parts) or "TRUE"
+    columns = [
+        "count(*) AS table_records",
+        "min(product_recommendation_date) AS first_date",
+        "max(product_recommendation_date) AS last_date",
+        f"count(*) FILTER (WHERE {every}) AS records",
+    ]
+    for key, _, _ in parts:
+        others = " AND ".join(c for k, c, _ in parts if k != key) or "TRUE"
+        columns.append(f"count(*) FILTER (WHERE {others}) AS without_{key}")
+    sql = f"SELECT {', '.join(columns)} FROM fpr_records"
+    result = warehouse.run(sql, params)
+    rows = as_records(result.columns, result.rows)
+    return Evidence(
+        metric_id="scope_coverage",
+        title="Records in the scope, and with each of its filters left out",
+        sql=result.sql,
+        parameters={k: str(v) for k, v in params.items()},
+        columns=result.columns,
+        rows=rows,
+        row_count=len(rows),
+        elapsed_ms=result.elapsed_ms,
+        warehouse=warehouse.url,
+    )

@@ -192,3 +192,83 @@ def test_report_markdown_has_the_sections_findings_and_queries(planted: dict[str
             assert f"## {title}" in md
         assert md.count("```sql") == len(report.evidence) > 0
         assert "offline analyst" in md
+
+
+def _portfolio(path: Path, **context: Any) -> dict[str, Any]:
+    from graphs.portfolio import graph
+
+    ctx = Context(warehouse=f"duckdb:///{path}", **context)
+    return asyncio.run(graph.ainvoke({"question": ""}, context=ctx))
+
+
+@pytest.mark.parametrize("slug", [*AREA_GRAPHS, "all"])
+def test_an_empty_scope_gets_a_report_saying_so_and_what_to_widen(
+    slug: str, large_path: Path
+) -> None:
+    scope = {"segment": "Student", "date_from": "2030-01-01"}
+    out = _portfolio(large_path, **scope) if slug == "all" else run(slug, large_path, **scope)[0]
+    reports = out["reports"].values() if slug == "all" else [out["report"]]
+    total = len(frame(large_path))
+    students = int((frame(large_path).customer_segment == "Student").sum())
+    for report in reports:
+        assert report["headline"].startswith("No records match this scope [")
+        body = report["sections"][0]["body"]
+        assert "No recommendation matches segment = Student, from 2030-01-01" in body
+        assert f"without from 2030-01-01, {students:,} match" in body
+        assert f"The data holds {total:,} recommendations" in body
+        assert report["recommendations"][0]["action"].startswith("Widen the scope")
+        assert report["ungrounded"] == []
+        kinds = {f["kind"] for f in report["findings"]}
+        assert kinds == {"scope"}  # nothing else is claimed of no data
+    if slug == "all":
+        assert "No records match this scope" in out["summary"]["markdown"]
+
+
+def test_a_scope_too_small_to_compare_says_so(large_path: Path) -> None:
+    counts = frame(large_path).groupby("product_recommendation_date").size()
+    day, n = next((k, v) for k, v in counts.items() if 5 <= v < 60)  # one day's records
+    when = str(day)[:10]
+    out, _ = run("optimization-opportunities", large_path, date_from=when, date_to=when)
+    report = out["report"]
+    assert report["headline"].startswith("Too few records to compare groups [")
+    assert f"Only {n:,} recommendations match" in report["sections"][0]["body"]
+    assert not [f for f in report["findings"] if f["strength"] != "descriptive"]
+
+
+@pytest.fixture(scope="module")
+def rough_path(tmp_path_factory: pytest.TempPathFactory, seeded_path: Path) -> Path:
+    """The 750-row table as a warehouse the loader never saw may hold it: every nullable
+    column empty, non-finite amounts, and NULLs in columns the schema says are required."""
+    import shutil
+
+    import duckdb
+
+    path = tmp_path_factory.mktemp("rough") / "fpr.duckdb"
+    shutil.copy(seeded_path, path)
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT * FROM fpr_records")
+    con.execute("DROP TABLE fpr_records")
+    con.execute("ALTER TABLE t RENAME TO fpr_records")
+    con.execute("DROP TABLE IF EXISTS fpr_customers")  # no snapshot: computed from the records
+    con.execute("UPDATE fpr_records SET product_sales_date = NULL")
+    con.execute("UPDATE fpr_records SET account_balance = 'NaN' WHERE hash(record_id) % 9 = 0")
+    con.execute(
+        "UPDATE fpr_records SET customer_transaction_value = 'inf' WHERE hash(record_id) % 11 = 0"
+    )
+    for i, column in enumerate(
+        ["customer_satisfaction_score", "customer_churn_probability", "customer_segment",
+         "product_type", "recommendation_score", "customer_product_affinity"]
+    ):  # fmt: skip
+        con.execute(f"UPDATE fpr_records SET {column} = NULL WHERE hash(record_id) % 13 = {i}")
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("slug", [*AREA_GRAPHS, "all"])
+def test_the_agents_run_on_missing_and_non_finite_values(slug: str, rough_path: Path) -> None:
+    out = _portfolio(rough_path) if slug == "all" else run(slug, rough_path)[0]
+    reports = out["reports"].values() if slug == "all" else [out["report"]]
+    for report in reports:
+        assert report["headline"]
+        assert report["ungrounded"] == []
+        assert "nan" not in json.dumps(report).lower().replace("financ", "")

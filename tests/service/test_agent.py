@@ -68,3 +68,21 @@ def test_stream_then_predict(
     assert "Banking Optimization Data Preparation" in names
     assert any(name.startswith("query:") for name in names)
     close_all()
+
+
+def test_an_empty_scope_is_answered_and_an_unknown_value_refused(
+    seeded_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINMATCH_HOME", str(tmp_path))
+    copy = tmp_path / "fpr.duckdb"
+    shutil.copy(seeded_path, copy)
+    agent = FinMatchAgent(warehouse=f"duckdb:///{copy}")
+    empty = _request(
+        "", filters={"segment": "Student", "lifecycle_stage": "Inactive", "date_from": "2030-01-01"}
+    )
+    response = agent.predict(empty)
+    text = response.model_dump()["output"][-1]["content"][0]["text"]
+    assert "No records match this scope" in text and "Widen it" in text
+    with pytest.raises(ValueError, match="Unknown segment 'Retial'; did you mean 'Retail'"):
+        agent.predict(_request("", filters={"segment": "Retial"}))
+    close_all()

@@ -163,6 +163,19 @@ def test_invocations_answers_like_a_serving_endpoint(client: httpx.Client) -> No
     assert "Question asked: What is the financial impact" in texts[-1]
 
 
+def test_invocations_on_a_scope_with_no_records_answer_with_a_report(
+    client: httpx.Client,
+) -> None:
+    body = {
+        "input": [user("How are we doing?")],
+        "custom_inputs": {"filters": {"segment": "Student", "date_from": "2030-01-01"}},
+    }
+    answer = client.post("/invocations", json=body)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()["output"][-1]["content"][0]["text"]
+    assert "No records match this scope" in report and "Widen it" in report
+
+
 def test_responses_streams_each_step_then_the_report(client: httpx.Client) -> None:
     body = {
         "input": [user("How are we doing?")],
@@ -290,7 +303,7 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             "/runs",
             {"focus_area": "all", "filters": {"segment": "Martians"}},
             422,
-            "Unknown segment 'Martians'; the data has: Commercial, Retail",
+            "Unknown segment 'Martians'. The data has: Commercial, Retail",
         ),
         (
             "post",
@@ -335,7 +348,7 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
         ("post", "/runs?focus_area=all", {"focus_area": "all"}, 422, "takes none"),
         ("get", "/records?page_size=0", None, 422, "page_size: Input should be greater"),
         ("get", "/records?page_size=201", None, 422, "page_size: Input should be less"),
-        ("get", "/metrics?product_type=Yacht", None, 422, "Unknown product_type 'Yacht'"),
+        ("get", "/metrics?product_type=Yacht", None, 422, "Unknown product type 'Yacht'"),
         ("get", "/runs?limit=0", None, 422, "limit: Input should be greater"),
         ("get", "/runs?cursor=nonsense", None, 422, "is not a next_cursor"),
         ("get", "/runs/nope", None, 404, "No run nope"),

@@ -160,3 +160,33 @@ def test_sql_with_time_zones_answers(wh: str, capsys: pytest.CaptureFixture[str]
     capsys.readouterr()
     assert main(["sql", "SELECT CURRENT_TIMESTAMP AS now", "--json", "--warehouse", wh]) == 0
     assert json.loads(capsys.readouterr().out)["row_count"] == 1
+
+
+def test_scope_values_are_checked_against_the_data(
+    wh: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["seed", "--rows", "200", "--warehouse", wh])
+    capsys.readouterr()
+    for command in (["metrics"], ["analyze", "--focus", "all", "--no-trace"]):
+        assert main([*command, "--segment", "Retial", "--warehouse", wh]) == 2
+        err = capsys.readouterr().err
+        assert "Unknown segment 'Retial'; did you mean 'Retail'?" in err
+        assert "The data has: Commercial, Retail, Small Business" in err
+    assert main(["metrics", "--product-type", "Yacht", "--warehouse", wh]) == 2
+    assert "Unknown product type 'Yacht'. The data has: Auto Loan" in capsys.readouterr().err
+
+
+def test_analyze_on_an_empty_scope_reports_it(
+    wh: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FINMATCH_HOME", str(tmp_path / "home"))
+    main(["seed", "--rows", "200", "--warehouse", wh])
+    capsys.readouterr()
+    code = main(
+        ["analyze", "--focus", "financial-impact", "--date-from", "2030-01-01", "--no-trace",
+         "--warehouse", wh]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "No records match this scope [FIN-1]." in captured.out
+    assert "no recommendation matches the scope" in captured.err
