@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from graphs.report import Finding
+from graphs.text import quote
 
 MIN_GROUP = 30
 MIN_Z = 3.0
@@ -166,10 +167,12 @@ def lagging_cells(ev: Ev, limit: int = 3) -> list[Finding]:
         Finding(
             id="",
             kind="lagging_cell",
-            title=f"{r['segment']} customers offered {r['product_type']} rarely accept",
+            title=(
+                f"{quote(r['segment'])} customers offered {quote(r['product_type'])} rarely accept"
+            ),
             claim=(
-                f"Only {pct(r['acceptance_rate'])} of {r['records']:,} {r['product_type']} "
-                f"recommendations to {r['segment']} customers are accepted, against "
+                f"Only {pct(r['acceptance_rate'])} of {r['records']:,} {quote(r['product_type'])} "
+                f"recommendations to {quote(r['segment'])} customers are accepted, against "
                 f"{pct(rest_rate)} across all other recommendations ({pp(gap)} lower), although "
                 f"their average affinity ({r['avg_affinity']:.2f}) is in line with the "
                 f"portfolio ({affinity_all:.2f})."
@@ -187,6 +190,7 @@ def lagging_cells(ev: Ev, limit: int = 3) -> list[Finding]:
             effect_unit="pp",
             sample_size=int(r["records"]),
             strength=_strength(gap, 0.15),
+            labels={"segment": str(r["segment"]), "product_type": str(r["product_type"])},
         )
         for z, r, rest_rate, gap in found[:limit]
     ]
@@ -209,9 +213,9 @@ def group_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Find
             kind=kind,
             title=f"Acceptance differs by {label}",
             claim=(
-                f"{best[breakdown]} customers accept {pct(best['acceptance_rate'])} of "
-                f"recommendations, {worst[breakdown]} customers {pct(worst['acceptance_rate'])}"
-                f" ({pp(gap)} apart)."
+                f"{quote(best[breakdown])} customers accept {pct(best['acceptance_rate'])} of "
+                f"recommendations, {quote(worst[breakdown])} customers "
+                f"{pct(worst['acceptance_rate'])} ({pp(gap)} apart)."
             ),
             numbers={
                 "rate_best": best["acceptance_rate"],
@@ -225,6 +229,7 @@ def group_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Find
             effect_unit="pp",
             sample_size=int(best["records"] + worst["records"]),
             strength=_strength(gap, 0.2),
+            labels={"best": str(best[breakdown]), "worst": str(worst[breakdown])},
         )
     ]
 
@@ -285,8 +290,9 @@ def segment_balances(ev: Ev) -> list[Finding]:
             title="Balances depend strongly on segment",
             claim=(
                 f"The median balance is {money(hi['median_account_balance'])} for "
-                f"{hi['customer_segment']} customers and {money(lo['median_account_balance'])} "
-                f"for {lo['customer_segment']} customers, {ratio:.1f}x apart."
+                f"{quote(hi['customer_segment'])} customers and "
+                f"{money(lo['median_account_balance'])} for {quote(lo['customer_segment'])} "
+                f"customers, {ratio:.1f}x apart."
             ),
             numbers={
                 "median_high": hi["median_account_balance"],
@@ -298,6 +304,7 @@ def segment_balances(ev: Ev) -> list[Finding]:
             effect_unit="x",
             sample_size=int(hi["customers"] + lo["customers"]),
             strength=_strength(ratio, 5.0),
+            labels={"high": str(hi["customer_segment"]), "low": str(lo["customer_segment"])},
         )
     ]
 
@@ -322,9 +329,9 @@ def churn_by_stage(ev: Ev) -> list[Finding]:
         Finding(
             id="",
             kind="churn_stage",
-            title=f"{worst['customer_lifecycle_stage']} customers are the churn risk",
+            title=f"{quote(worst['customer_lifecycle_stage'])} customers are the churn risk",
             claim=(
-                f"{worst['customer_lifecycle_stage']} customers average a churn probability "
+                f"{quote(worst['customer_lifecycle_stage'])} customers average a churn probability "
                 f"of {pct(worst['avg_churn_probability'])} against "
                 f"{pct(total['avg_churn_probability'])} for all customers; they hold "
                 f"{money(worst['balance_at_risk'])} of churn-weighted balance."
@@ -340,6 +347,7 @@ def churn_by_stage(ev: Ev) -> list[Finding]:
             effect_unit="pp",
             sample_size=int(worst["customers"]),
             strength=_strength(gap, 0.2),
+            labels={"lifecycle_stage": str(worst["customer_lifecycle_stage"])},
         )
     ]
 
@@ -393,9 +401,10 @@ def revenue_concentration(ev: Ev) -> list[Finding]:
             Finding(
                 id="",
                 kind=f"revenue_top_{breakdown}",
-                title=f"Sales concentrate in {top[key]}",
+                title=f"Sales concentrate in {quote(top[key])}",
                 claim=(
-                    f"{top[key]} is the largest {label} by sales: {money(top['total_sales'])}, "
+                    f"{quote(top[key])} is the largest {label} by sales: "
+                    f"{money(top['total_sales'])}, "
                     f"{pct(top['share_of_sales'])} of all product sales, from "
                     f"{top['accepted']:,} accepted recommendations."
                 ),
@@ -406,6 +415,7 @@ def revenue_concentration(ev: Ev) -> list[Finding]:
                 },
                 evidence_ids=[ev["id"]],
                 sample_size=int(top["records"]),
+                labels={breakdown: str(top[key])},
             )
         )
     return out
@@ -434,7 +444,9 @@ def value_at_risk(ev: Ev) -> list[Finding]:
         "customers": total["customers"],
     }
     if top:
-        claim += f" {top['customer_segment']} holds the most: {money(top['balance_at_risk'])}."
+        claim += (
+            f" {quote(top['customer_segment'])} holds the most: {money(top['balance_at_risk'])}."
+        )
         numbers["segment_balance_at_risk"] = top["balance_at_risk"]
     return [
         Finding(
@@ -470,7 +482,9 @@ def unconverted(ev: Ev) -> list[Finding]:
         "potential_sales": total["potential_sales"],
     }
     if top:
-        claim += f" {top['product_type']} is the largest pool: {money(top['potential_sales'])}."
+        claim += (
+            f" {quote(top['product_type'])} is the largest pool: {money(top['potential_sales'])}."
+        )
         numbers["top_potential_sales"] = top["potential_sales"]
     return [
         Finding(
@@ -561,12 +575,19 @@ _FILTER_WORDS = {
 }
 
 
-def scope_too_small(ev: Ev, scope: dict[str, Any], described: str) -> list[Finding]:
+def _shown(value: Any) -> str:
+    """A scope value in a sentence: text from the data quoted, a date as it is."""
+    return quote(value) if isinstance(value, str) else str(value)
+
+
+def scope_too_small(ev: Ev, scope: dict[str, Any]) -> list[Finding]:
     """Say that the scope holds no records, or too few to compare, and what to widen.
 
     `ev` is `tools.metrics.scope_coverage` evidence; `scope` the filters that are set
-    (name -> value) and `described` the scope in words.
+    (name -> value).
     """
+    described = ", ".join(_FILTER_WORDS[k].format(_shown(v)) for k, v in scope.items())
+    described = described or "all records"
     rows = _rows(ev, need=("records", "table_records"))
     if not rows or rows[0]["records"] >= SMALL_SCOPE:
         return []
@@ -578,7 +599,7 @@ def scope_too_small(ev: Ev, scope: dict[str, Any], described: str) -> list[Findi
         if key in scope and _number(row.get(f"without_{key}"))
     ]
     widen.sort(key=lambda kv: -kv[1])
-    hints = [f"without {_FILTER_WORDS[k].format(scope[k])}, {m:,} match" for k, m in widen]
+    hints = [f"without {_FILTER_WORDS[k].format(_shown(scope[k]))}, {m:,} match" for k, m in widen]
     span = (
         f"The data holds {int(row['table_records']):,} recommendations, "
         f"{row['first_date']} to {row['last_date']}."
@@ -607,5 +628,6 @@ def scope_too_small(ev: Ev, scope: dict[str, Any], described: str) -> list[Findi
             numbers=numbers,
             evidence_ids=[ev["id"]],
             sample_size=n,
+            labels={k: str(v) for k, v in scope.items()},
         )
     ]

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from graphs.text import escape_markdown
+
 Strength = Literal["strong", "moderate", "descriptive"]
 
 
@@ -31,6 +33,11 @@ class Finding(BaseModel):
     effect_unit: str = Field("", description="Unit of effect_size, e.g. 'pp', 'r', 'x'")
     sample_size: int = Field(0, description="Records (or customers) behind the claim")
     strength: Strength = Field("descriptive", description="strong/moderate effect, or a fact")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="The data values the finding is about (segment, product type, stage), "
+        "as the table holds them; in the title and claim they appear quoted and escaped",
+    )
 
 
 class Recommendation(BaseModel):
@@ -99,7 +106,8 @@ class Report(BaseModel):
     def markdown(self) -> str:
         """Render the report as markdown."""
         out = [f"# {self.title}", "", f"**{self.headline}**", ""]
-        out.append(f"_Scope: {self.scope}. Narrative by {self.model_label}. {self.generated_at}._")
+        scope = escape_markdown(self.scope)  # scope values are the table's
+        out.append(f"_Scope: {scope}. Narrative by {self.model_label}. {self.generated_at}._")
         out.append("")
         if self.ungrounded:
             out += [

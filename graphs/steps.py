@@ -229,8 +229,7 @@ async def load_overview(
         taken = [int(e["id"][1:]) for e in [*state.get("evidence", []), *evidence]]
         covered = {"id": f"E{max(taken, default=0) + 1}", **coverage.model_dump(mode="json")}
         evidence.append(covered)
-        scope = ctx.filters().model_dump(exclude_none=True)
-        findings += scope_too_small(covered, scope, ctx.filters().describe())
+        findings += scope_too_small(covered, ctx.filters().model_dump(exclude_none=True))
     update = {"evidence": evidence, "findings": number(state, area, findings)}
     return k, update, rest
 

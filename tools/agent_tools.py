@@ -36,8 +36,28 @@ def tool_error(error: Exception) -> str:
     return "Error: " + _PATH.sub("<path>", message)
 
 
+# Text from the table a model is shown, at most this long a value.
+MAX_TEXT_TO_MODEL = 200
+
+
+def as_data(value: Any) -> Any:
+    """Mark text from the table as data for a model: {"untrusted_text": value}, cut short.
+
+    Any string in a result row came out of the bank's table (or was computed from it), and
+    may read like an instruction; the marker tells the model which text is data.
+    """
+    if isinstance(value, str):
+        text = value if len(value) <= MAX_TEXT_TO_MODEL else value[: MAX_TEXT_TO_MODEL - 1] + "…"
+        return {"untrusted_text": text}
+    if isinstance(value, list):
+        return [as_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_data(v) for k, v in value.items()}
+    return value
+
+
 def evidence_text(evidence: Evidence, max_rows: int = MAX_ROWS_TO_MODEL) -> str:
-    """Return Evidence as compact JSON for a model, rows cut to `max_rows`."""
+    """Return Evidence as compact JSON for a model, rows cut to `max_rows`, text marked."""
     shown = evidence.rows[:max_rows]
     body: dict[str, Any] = {
         "metric_id": evidence.metric_id,
@@ -45,7 +65,7 @@ def evidence_text(evidence: Evidence, max_rows: int = MAX_ROWS_TO_MODEL) -> str:
         "parameters": evidence.parameters,
         "row_count": evidence.row_count,
         "truncated": evidence.truncated or len(shown) < len(evidence.rows),
-        "rows": shown,
+        "rows": [{k: as_data(v) for k, v in row.items()} for row in shown],
     }
     return json.dumps(body, default=str)
 

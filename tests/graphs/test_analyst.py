@@ -147,7 +147,9 @@ def test_the_prompt_is_bounded_whatever_the_evidence() -> None:
     assert len(str(large[1].content)) <= len(str(small[1].content)) + 40 * len("100000")
     digest = evidence_digest(state(100_000)["evidence"])
     assert all(len(e["rows"]) == DIGEST_ROWS for e in digest)
-    assert json.loads(str(large[1].content))["focus_area"] == "Optimization Opportunities"
+    assert (
+        json.loads(str(large[1].content))["request"]["focus_area"] == "Optimization Opportunities"
+    )
 
 
 def test_a_statement_that_crashed_the_run_comes_back_as_an_error_the_model_can_read(

@@ -76,7 +76,7 @@ def test_optimization_names_the_planted_lagging_cell_with_its_numbers(
     rate = (df[cell].product_recommendation_status == "Accepted").mean()
     rest = (df[~cell].product_recommendation_status == "Accepted").mean()
     f = finding(out, "lagging_cell")
-    assert f["title"] == "Small Business customers offered Personal Loan rarely accept"
+    assert f["title"] == '"Small Business" customers offered "Personal Loan" rarely accept'
     assert f["numbers"]["records"] == cell.sum()
     assert f["numbers"]["rate"] == pytest.approx(rate)
     assert f["numbers"]["rest_rate"] == pytest.approx(rest)
@@ -114,7 +114,7 @@ def test_financial_impact_finds_the_inactive_churn_risk(
     customers = frame(large_path).drop_duplicates("customer_id")
     inactive = customers[customers.customer_lifecycle_stage == "Inactive"]
     f = finding(out, "churn_stage")
-    assert f["title"].startswith("Inactive customers")
+    assert f["title"].startswith('"Inactive" customers')
     assert f["numbers"]["customers"] == len(inactive)
     assert f["numbers"]["churn_stage"] == pytest.approx(
         inactive.customer_churn_probability.mean(), abs=1e-9
@@ -125,7 +125,7 @@ def test_financial_impact_finds_the_inactive_churn_risk(
     sales = finding(out, "revenue_top_product_type")
     df = frame(large_path)
     by_type = df.groupby("product_type").product_sales_amount.sum()
-    assert sales["title"] == f"Sales concentrate in {by_type.idxmax()}"
+    assert sales["title"] == f'Sales concentrate in "{by_type.idxmax()}"'
     assert sales["numbers"]["total_sales"] == pytest.approx(by_type.max())
 
 
@@ -137,7 +137,7 @@ def test_segment_balances_are_customers_medians(planted: dict[str, Any], large_p
         f = finding(planted[slug][0], "segment_balance")
         assert f["numbers"]["median_high"] == pytest.approx(medians.max()), slug
         assert f["numbers"]["median_low"] == pytest.approx(medians.min()), slug
-        assert f"{medians.idxmax()} customers" in f["claim"], slug
+        assert f'"{medians.idxmax()}" customers' in f["claim"], slug
         assert f["sample_size"] == (
             customers.customer_segment.isin([medians.idxmax(), medians.idxmin()]).sum()
         )
@@ -213,7 +213,7 @@ def test_an_empty_scope_gets_a_report_saying_so_and_what_to_widen(
     for report in reports:
         assert report["headline"].startswith("No records match this scope [")
         body = report["sections"][0]["body"]
-        assert "No recommendation matches segment = Student, from 2030-01-01" in body
+        assert 'No recommendation matches segment = "Student", from 2030-01-01' in body
         assert f"without from 2030-01-01, {students:,} match" in body
         assert f"The data holds {total:,} recommendations" in body
         assert report["recommendations"][0]["action"].startswith("Widen the scope")

@@ -51,7 +51,7 @@ def test_each_metric_runs_once_for_all_four_areas(
         assert {e["metric_id"] for e in report["evidence"]} <= set(SHARED_METRICS)
         assert report["ungrounded"] == []
     opt = out["reports"]["optimization-opportunities"]
-    assert opt["headline"].startswith("Small Business customers offered Personal Loan")
+    assert opt["headline"].startswith('"Small Business" customers offered "Personal Loan"')
     summary = out["summary"]["markdown"]
     for area in FOCUS_AREAS.values():
         assert f"**{area.name}:**" in summary
