@@ -593,10 +593,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _port_taken(port: int) -> bool:
-    """Whether something already listens on 127.0.0.1:`port`."""
+    """Whether something already listens on 127.0.0.1:`port`.
+
+    Bound as the servers bind (SO_REUSEADDR, as uvicorn and Streamlit do): a port a
+    stopped server left in TIME_WAIT is free for them, so it is free here too.
+    """
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -614,8 +619,12 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from service.api import ServiceSettings
+    from service.api import ServiceSettings, check_bind
 
+    try:  # the dashboard can start runs and read the data: the endpoint's rule holds
+        check_bind(args.host, ServiceSettings())
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
     main_script = importlib.util.find_spec("app.main")
     if main_script is None or main_script.origin is None:
         raise CliError("the dashboard (app/main.py) is not installed with this project")

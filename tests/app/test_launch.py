@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, free_port
 
@@ -67,3 +68,31 @@ def test_app_says_when_a_port_is_taken(tmp_path: Path) -> None:
     assert (
         f"port {port} is taken on this machine; choose another with --service-port" in done.stderr
     )
+
+
+def test_app_refuses_other_addresses_without_a_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    monkeypatch.delenv("FINMATCH_API_KEYS", raising=False)
+    assert main(["app", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    assert "Refusing to listen on 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def test_a_port_a_server_just_left_counts_as_free() -> None:
+    """After a clean stop the port is in TIME_WAIT: a server can bind it again at once
+    (with SO_REUSEADDR, as uvicorn does), so the check must not call it taken."""
+    from service.cli import _port_taken
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+    client.close()
+    server.close()
+    assert not _port_taken(port)
