@@ -22,7 +22,7 @@ export DO_NOT_TRACK := 1
 CHROMIUM ?= $(or $(FINMATCH_TEST_CHROMIUM),/usr/bin/chromium)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint format bench clean connector-env sync source-api eval app
+.PHONY: demo test test-fast lint format bench clean connector-env sync source-api eval app
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -70,6 +70,11 @@ $(CHROMIUM):
 
 test: lint $(CONNECTOR_VENV)/.installed $(CHROMIUM)
 	$(BIN)/pytest
+
+# Everything but the tests that start servers, browsers, Postgres, Studio or the connector
+# (their markers are in pyproject.toml): what a change to the graphs or tools needs first.
+test-fast: lint
+	$(BIN)/pytest -m "not (server or browser or postgres or studio or connector)"
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .

@@ -17,6 +17,8 @@ from langgraph_sdk import get_client
 
 from tests.conftest import free_port
 
+pytestmark = [pytest.mark.studio, pytest.mark.server]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -120,3 +122,24 @@ def test_a_graph_runs_through_the_sdk_with_live_steps(server: str, large_path: P
     assert report["focus_area"] == "optimization-opportunities"
     assert "Small Business" in report["scope"]
     assert "Where does acceptance lag?" in report["sections"][0]["body"]
+
+
+def test_studio_gets_the_input_and_output_schemas_of_every_graph(server: str) -> None:
+    async def schemas() -> dict[str, Any]:
+        client = get_client(url=server)
+        found = {}
+        for assistant in await client.assistants.search(limit=20):
+            found[assistant["graph_id"]] = await client.assistants.get_schemas(
+                assistant["assistant_id"]
+            )
+        return found
+
+    found = asyncio.run(schemas())
+    assert len(found) == 5
+    for graph_id, schema in found.items():
+        assert schema["input_schema"] is not None, graph_id
+        assert "question" in schema["input_schema"]["properties"], graph_id
+        assert schema["output_schema"] is not None, graph_id
+        output = schema["output_schema"]["properties"]
+        assert ("reports" if graph_id == "portfolio" else "report") in output, graph_id
+        assert "warehouse" in schema["context_schema"]["properties"], graph_id

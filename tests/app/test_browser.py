@@ -24,6 +24,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests.app.conftest import GATED
 from tests.conftest import ROOT, Server, free_port
 
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
 CHROMIUM = Path(os.environ.get("FINMATCH_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Chromium as root in a container, with no calls to Google's services (refused here).
 ARGS = [

@@ -11,9 +11,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from app.client import Follower, Service, ServiceDown
 from tests.app.conftest import GATED
 from tests.conftest import Server, free_port
+
+pytestmark = pytest.mark.server
 
 
 def wait(check: object, timeout: float = 60) -> None:

@@ -23,6 +23,7 @@ def up(url: str) -> bool:
         return False
 
 
+@pytest.mark.server
 def test_app_starts_an_endpoint_and_the_dashboard_and_stops_both(
     tmp_path: Path, seeded_path: Path
 ) -> None:
@@ -53,6 +54,7 @@ def test_app_starts_an_endpoint_and_the_dashboard_and_stops_both(
     assert not up(f"{service}/health") and not up(f"{dashboard}/_stcore/health")
 
 
+@pytest.mark.server
 def test_app_says_when_a_port_is_taken(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

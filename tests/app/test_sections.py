@@ -25,6 +25,8 @@ from tests.conftest import ROOT, Server, free_port
 from tools.metrics import Filters, dashboard
 from tools.warehouse import DuckDBWarehouse
 
+pytestmark = pytest.mark.server
+
 MAIN = str(ROOT / "app" / "main.py")
 OPT = "optimization-opportunities"
 

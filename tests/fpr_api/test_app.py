@@ -21,6 +21,8 @@ from tests.conftest import free_port
 from tests.fpr_api.server import SourceApi
 from tools.schema import COLUMN_NAMES, COLUMNS
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

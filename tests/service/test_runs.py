@@ -238,6 +238,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     assert query.outputs["cached"] is False
 
 
+@pytest.mark.postgres
 def test_postgres_checkpoints_resume_a_failed_run(large_path: Path, postgres_url: str) -> None:
     failed = asyncio.run(
         run_focus(

@@ -18,6 +18,8 @@ from tools.ingest import LoadError, load_file, seed_table
 from tools.schema import COLUMNS, Column
 from tools.sync import runner_env
 
+pytestmark = pytest.mark.connector
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

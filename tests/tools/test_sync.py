@@ -27,6 +27,8 @@ from tools.ingest import seed_table
 from tools.schema import COLUMNS, FIVETRAN_DELETED, FIVETRAN_SYNCED
 from tools.sync import SyncError, SyncResult, read_state, runner_env, sync
 
+pytestmark = [pytest.mark.connector, pytest.mark.server]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
