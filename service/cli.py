@@ -13,11 +13,12 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools import generator
-from tools.evidence import Evidence
-from tools.settings import WarehouseSettings
+
+if TYPE_CHECKING:  # the models load when a command needs them: a traced run's writer
+    from tools.evidence import Evidence  # starts sooner (service.trace_writer)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -41,6 +42,8 @@ def _err(text: str) -> None:
 
 
 def _warehouse_url(args: argparse.Namespace) -> str:
+    from tools.settings import WarehouseSettings
+
     return args.warehouse or WarehouseSettings().finmatch_warehouse
 
 
@@ -254,6 +257,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     """Run one guarded read-only query."""
     from tools.guard import GuardRejection, run_sql
+    from tools.settings import WarehouseSettings
 
     settings = WarehouseSettings()
     warehouse = _open(args)

@@ -184,6 +184,9 @@ def serve(uri: str, lines: IO[str], answers: IO[str]) -> None:
     from service.tracking import use_tracking
 
     use_tracking(uri)  # imports MLflow's store while the runs are still working
+    import mlflow
+
+    mlflow.tracing.enable()  # sets up the tracer now, not when the first trace arrives
     work: queue.SimpleQueue[tuple[dict[str, Any], dict[int, Any]] | None] = queue.SimpleQueue()
 
     def write() -> None:
