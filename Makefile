@@ -84,6 +84,9 @@ bench: $(VENV)/.installed $(CONNECTOR_VENV)/.installed
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/agents.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/tracing.py
+	$(BIN)/python bench/guard.py
+	$(BIN)/python bench/checkpoints.py
 	$(BIN)/python bench/sync.py
 
 clean:
