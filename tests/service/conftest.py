@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,3 +27,11 @@ def trace_store(tmp_path: Path) -> Iterator[None]:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+@pytest.fixture
+def own_warehouse(tmp_path: Path, seeded_path: Path) -> Path:
+    """A copy of the 750-record table for one test's server (it pools its warehouse)."""
+    path = tmp_path / "fpr.duckdb"
+    shutil.copy(seeded_path, path)
+    return path

@@ -7,7 +7,6 @@ one worker at its model step, so every run posted meanwhile waits in the queue.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -21,10 +20,9 @@ pytestmark = pytest.mark.server
 
 
 def test_a_burst_of_posts_gets_no_more_places_than_the_queue_has(
-    tmp_path: Path, seeded_path: Path
+    tmp_path: Path, own_warehouse: Path
 ) -> None:
-    warehouse = tmp_path / "fpr.duckdb"
-    shutil.copy(seeded_path, warehouse)
+    warehouse = own_warehouse
     srv = Server(
         tmp_path,
         warehouse,

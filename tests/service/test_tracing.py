@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ pytestmark = pytest.mark.server
 
 
 def test_concurrent_runs_of_the_service_each_leave_a_whole_trace(
-    tmp_path: Path, seeded_path: Path
+    tmp_path: Path, own_warehouse: Path
 ) -> None:
-    warehouse = tmp_path / "fpr.duckdb"
-    shutil.copy(seeded_path, warehouse)
+    warehouse = own_warehouse
     srv = Server(tmp_path, warehouse, FINMATCH_TRACING="true")
     srv.start()
 
