@@ -398,6 +398,9 @@ class RunManager:
         """Hand a run's recorded trace to the writer; return its id ('' without one)."""
         if self._traces is None or recording is None or not recording.spans:
             return ""
+        if not self._traces.alive() and not self._stopping:  # it died: the next runs need one
+            log.warning("the trace writer stopped; starting another (see %s)", self._traces.log)
+            self._traces = TraceWriter(self._traces.uri)
         try:
             return await asyncio.wait_for(
                 asyncio.wrap_future(self._traces.submit(recording)), TRACE_ID_WAIT_S

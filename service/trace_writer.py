@@ -110,6 +110,10 @@ class TraceWriter:
             except subprocess.TimeoutExpired:
                 self.cancel()
 
+    def alive(self) -> bool:
+        """Whether the writer process is still running and taking recordings."""
+        return self._proc.poll() is None and not (self._proc.stdin and self._proc.stdin.closed)
+
     def cancel(self) -> None:
         """Stop the writer now, written or not."""
         if self._proc.poll() is None:
@@ -133,7 +137,9 @@ class TraceWriter:
             else:
                 done.set_exception(TraceWriteError(str(answer.get("error"))))
         while not self._waiting.empty():  # the writer ended: nothing more will come
-            self._waiting.get().set_exception(self._gone())
+            done = self._waiting.get()
+            if not done.done():
+                done.set_exception(self._gone())
 
 
 # -- the writer process ------------------------------------------------------------------

@@ -52,3 +52,53 @@ def test_concurrent_runs_of_the_service_each_leave_a_whole_trace(
         assert all(step.name in names for step in FINANCIAL.steps), names
         assert trace.info.request_metadata["mlflow.trace.session"] == r["thread_id"]
         assert trace.data.spans[0].outputs["headline"] == r["result"]["report"]["headline"]
+
+
+def _writer_pids(parent: int) -> list[int]:
+    found = []
+    for pid in Path("/proc").iterdir():
+        try:
+            stat = (pid / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == parent and b"service.trace_writer" in (pid / "cmdline").read_bytes():
+                found.append(int(pid.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_service_whose_trace_writer_died_starts_another(
+    tmp_path: Path, own_warehouse: Path
+) -> None:
+    import os
+    import signal
+
+    srv = Server(tmp_path, own_warehouse, FINMATCH_TRACING="true")
+    srv.start()
+    try:
+        assert srv.proc is not None
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+
+            def run() -> dict[str, Any]:
+                run_id = c.post("/runs", json={"focus_area": "financial-impact"}).json()["id"]
+                deadline = time.monotonic() + 120
+                while (r := c.get(f"/runs/{run_id}").json())["status"] not in ("succeeded",):
+                    assert time.monotonic() < deadline, r
+                    time.sleep(0.1)
+                return r
+
+            first = run()
+            (writer,) = _writer_pids(srv.proc.pid)
+            os.kill(writer, signal.SIGKILL)
+            while (
+                Path(f"/proc/{writer}").exists()
+                and "Z" not in Path(f"/proc/{writer}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            ):
+                time.sleep(0.05)
+            second = run()
+    finally:
+        srv.stop()
+    assert first["trace_id"] and second["trace_id"] and first["trace_id"] != second["trace_id"]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    assert mlflow.get_trace(second["trace_id"]).info.state == "OK"
