@@ -24,7 +24,6 @@ import datetime
 import hmac
 import json
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -49,7 +48,7 @@ from service.manager import QueueFull, RunConflict, RunManager
 from service.responses import QUESTION_CHARS, last_user_text, report_text, step_text, understand
 from service.runs import ALL, RunSettings
 from service.store import RunRecord, RunStore, Status
-from tools.metrics import Filters, ScopeError, check_scope, dashboard
+from tools.metrics import ISO_DATE, Filters, IsoDate, ScopeError, check_scope, dashboard
 from tools.settings import project_home
 from tools.warehouse import Warehouse, WarehouseError, as_records
 
@@ -119,18 +118,6 @@ class Problem(BaseModel):
     detail: str = Field(examples=["Unknown focus area 'growth'; choose one of: ..."])
 
 
-ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _iso_date(value: Any) -> Any:
-    """Pass on a date written YYYY-MM-DD; refuse the numbers pydantic reads as timestamps."""
-    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-        return value
-    if isinstance(value, str) and ISO_DATE.fullmatch(value):
-        return value  # pydantic parses it, and refuses a day that does not exist
-    raise ValueError(f"a date is written YYYY-MM-DD; got {value!r}")
-
-
 def _iso_datetime(value: Any) -> Any:
     """Pass on a date-time written from YYYY-MM-DD on; refuse numbers (timestamps)."""
     if isinstance(value, datetime.datetime):
@@ -141,7 +128,6 @@ def _iso_datetime(value: Any) -> Any:
 
 
 # The schema says `format: date` and `date-time`; pydantic alone would take 0 as 1970.
-IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
 IsoDateTime = Annotated[datetime.datetime, BeforeValidator(_iso_datetime)]
 
 

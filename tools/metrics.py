@@ -35,14 +35,29 @@ import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tools.customers import CUSTOMERS, customers_sql
 from tools.evidence import Evidence
 from tools.schema import NUMERIC_COLUMNS
 from tools.warehouse import Warehouse, as_records
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: Any) -> Any:
+    """Pass on a date written YYYY-MM-DD; refuse the numbers pydantic reads as timestamps."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return value  # pydantic parses it, and refuses a day that does not exist
+    raise ValueError(f"a date is written YYYY-MM-DD; got {value!r}")
+
+
+# A day, as the scope takes it: pydantic alone would read 0 as 1970-01-01.
+IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
 
 # The scope's value filters and the column each one selects on.
 SCOPE_COLUMNS = {
@@ -60,10 +75,10 @@ class Filters(BaseModel):
     segment: str | None = Field(None, description="customer_segment equals this")
     lifecycle_stage: str | None = Field(None, description="customer_lifecycle_stage equals this")
     product_type: str | None = Field(None, description="product_type equals this")
-    date_from: datetime.date | None = Field(
+    date_from: IsoDate | None = Field(
         None, description="product_recommendation_date on or after this day"
     )
-    date_to: datetime.date | None = Field(
+    date_to: IsoDate | None = Field(
         None, description="product_recommendation_date on or before this day"
     )
 

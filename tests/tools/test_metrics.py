@@ -418,3 +418,12 @@ def test_kept_results_are_bounded_and_can_be_switched_off(seeded_path: Path) -> 
         assert wh.results is None
         run_metric(wh, "kpis")
         assert not run_metric(wh, "kpis").cached
+
+
+@pytest.mark.parametrize("value", [0, 20240101, "20240101", "2024-1-1", 1.5])
+def test_a_scope_date_is_a_day_written_out(value: object) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="a date is written YYYY-MM-DD"):
+        Filters(date_from=value)
+    assert Filters(date_from="2024-01-31").date_from == datetime.date(2024, 1, 31)
