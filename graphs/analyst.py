@@ -23,14 +23,15 @@ from graphs.context import Context
 from graphs.models import OFFLINE, OFFLINE_LABEL, ModelError, build_chat_model
 from graphs.report import Analysis, Finding, Recommendation, Section
 from graphs.resources import warehouse_for
-from graphs.text import clip, quote
 from graphs.tracing import span
-from tools.agent_tools import build_tools, evidence_text, tool_error
+from tools.agent_tools import ROW_CAP, build_tools, evidence_text, tool_error
 from tools.guard import GuardRejection, run_sql
 from tools.metrics import UnknownMetric, run_metric
+from tools.text import clip, quote
 from tools.warehouse import WarehouseError
 
 DIGEST_ROWS = 15
+QUESTION_SHOWN = 300  # characters of the question a report repeats
 DIGEST_EVIDENCE = 16
 
 # Which finding kinds each section of each focus area draws on (offline analyst).
@@ -173,8 +174,8 @@ def offline_analysis(area: FocusArea, findings: list[Finding], question: str) ->
             "No relationship in the data passed the materiality and sample-size "
             "thresholds, so none is claimed."
         )
-    if question:
-        summary.append(f"Question asked: {question}")
+    if question:  # the asker's words, shown as such: they cannot add headings or links
+        summary.append(f"Question asked: {quote(question, QUESTION_SHOWN)}")
     sections = [Section(title=area.sections[0], body="\n\n".join(summary))]
     for title in area.sections[1:]:
         wanted = SECTION_KINDS.get(area.slug, {}).get(title, ())
@@ -412,6 +413,7 @@ async def _run_tool(
                         run_sql,
                         warehouse,
                         str(args.get("sql", "")),
+                        row_cap=ROW_CAP,
                         timeout_s=ctx.query_timeout_s,
                         scope=filters,
                     )

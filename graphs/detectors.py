@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from graphs.report import Finding
-from graphs.text import quote
+from tools.text import quote
 
 MIN_GROUP = 30
 MIN_Z = 3.0

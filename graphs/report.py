@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from graphs.text import escape_markdown
+from tools.text import escape_markdown
 
 Strength = Literal["strong", "moderate", "descriptive"]
 
@@ -154,11 +154,16 @@ def _fmt(x: float) -> str:
 _NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\d[\d,]*(?:\.\d+)?(?:\s*(?:%|pp\b)|[kKmMbB]\b|x\b)?")
 
 
+# A day or a month (2025-07-01, 2025-07): a date, not three numbers to check.
+_DATE = re.compile(r"(?<![\w.])(?:19|20|21|99)\d\d-\d\d(?:-\d\d)?(?!\w|\.\d)")
+
+
 def narrative_numbers(text: str) -> list[str]:
-    """Return the numbers a text states, as written (ids like OPT-2 and years excluded)."""
+    """Return the numbers a text states, as written (ids like OPT-2, dates, years excluded)."""
+    text = _DATE.sub(lambda m: " " * len(m.group(0)), text)
     out = []
     for m in _NUMBER.finditer(text):
-        token = m.group(0).strip()
+        token = m.group(0).strip().rstrip(",")
         start = m.start()
         if re.search(r"[A-Za-z]-$", text[:start]):
             continue  # a finding or evidence id such as OPT-2

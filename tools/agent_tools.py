@@ -17,10 +17,12 @@ from tools.evidence import Evidence
 from tools.guard import GuardRejection, run_sql
 from tools.metrics import CATALOG, Filters, UnknownMetric, run_metric
 from tools.schema import TABLE, markdown_table
-from tools.warehouse import QueryTimeout, Warehouse, WarehouseError
+from tools.warehouse import QueryTimeout, Warehouse, WarehouseError, json_value
 
 # Rows shown to a model per result: enough to read a breakdown, small enough for a prompt.
 MAX_ROWS_TO_MODEL = 50
+# Most rows a model's ad-hoc query keeps (as evidence; MAX_ROWS_TO_MODEL of them shown).
+ROW_CAP = 200
 
 
 # Absolute file paths (the warehouse file, an installed package) in an error message say
@@ -43,17 +45,20 @@ MAX_TEXT_TO_MODEL = 200
 def as_data(value: Any) -> Any:
     """Mark text from the table as data for a model: {"untrusted_text": value}, cut short.
 
-    Any string in a result row came out of the bank's table (or was computed from it), and
-    may read like an instruction; the marker tells the model which text is data.
+    Any text in a result row came out of the bank's table (or was computed from it), and
+    may read like an instruction; the marker tells the model which text is data. Lists,
+    maps (their keys too) and any other value are marked through.
     """
     if isinstance(value, str):
         text = value if len(value) <= MAX_TEXT_TO_MODEL else value[: MAX_TEXT_TO_MODEL - 1] + "…"
         return {"untrusted_text": text}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [as_data(v) for v in value]
-    if isinstance(value, dict):
-        return {k: as_data(v) for k, v in value.items()}
-    return value
+    if isinstance(value, dict):  # a map's keys are data as much as its values
+        return [{"key": as_data(k), "value": as_data(v)} for k, v in value.items()]
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return as_data(str(json_value(value)))
 
 
 def evidence_text(evidence: Evidence, max_rows: int = MAX_ROWS_TO_MODEL) -> str:
@@ -74,7 +79,7 @@ def build_tools(
     warehouse: Warehouse,
     *,
     filters: Filters | None = None,
-    row_cap: int = 200,
+    row_cap: int = ROW_CAP,
     timeout_s: float = 30.0,
 ) -> list[BaseTool]:
     """Return the data tools bound to `warehouse`; metric runs use `filters` by default.

@@ -42,6 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from tools.customers import CUSTOMERS, customers_sql
 from tools.evidence import Evidence
 from tools.schema import NUMERIC_COLUMNS
+from tools.text import clip
 from tools.warehouse import Warehouse, as_records
 
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -990,11 +991,22 @@ def check_scope(warehouse: Warehouse, filters: Filters) -> None:
         known = values[key]
         near = difflib.get_close_matches(value, known, n=3, cutoff=0.6)
         near += [k for k in known if k.lower() == value.lower() and k not in near]
-        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "."
+        hint = f"; did you mean {' or '.join(_shown(n) for n in near)}?" if near else "."
+        listed = ", ".join(_shown(k) for k in known[:SCOPE_VALUES_LISTED])
+        if len(known) > SCOPE_VALUES_LISTED:
+            listed += f" and {len(known) - SCOPE_VALUES_LISTED:,} more"
         raise ScopeError(
-            f"Unknown {key.replace('_', ' ')} {value!r}{hint} The data has: "
-            + (", ".join(known) or "no values")
+            f"Unknown {key.replace('_', ' ')} {_shown(value)}{hint} The data has: "
+            + (listed or "no values")
         )
+
+
+SCOPE_VALUES_LISTED = 50
+
+
+def _shown(value: str) -> str:
+    """A value in a message: quoted, on one line, cut, its control characters escaped."""
+    return "'" + clip(value, 60) + "'"
 
 
 def scope_coverage(warehouse: Warehouse, filters: Filters) -> Evidence:

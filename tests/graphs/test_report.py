@@ -84,3 +84,14 @@ def test_labels_in_evidence_ground_their_numbers() -> None:
         [{"rows": [{"band": "Very high (>=0.75)", "records": 10}], "row_count": 1}], []
     )
     assert check_grounding(["the band above 0.75"], pool) == (1, [])
+
+
+def test_dates_in_a_narrative_are_not_numbers_to_check() -> None:
+    from graphs.report import check_grounding, narrative_numbers
+
+    text = "Recommendations from 2025-07-01 to 2025-07-31, in 9999-12-31 and 2024-03, rose 12%."
+    assert narrative_numbers(text) == ["12%"]
+    assert check_grounding([text], [0.12]) == (1, [])
+    assert narrative_numbers("17, 19, and 21 records") == ["17", "19", "21"]
+    # was ["-30"]: a date that ends a sentence
+    assert narrative_numbers("The data holds 7 records, 2024-01-01 to 2025-06-30.") == ["7"]

@@ -59,3 +59,31 @@ def test_guarded_sql_sees_only_the_analysis_scope(warehouse: DuckDBWarehouse) ->
         )
     )
     assert joined["rows"] == [{"segments": 1, "n": expected}]
+
+
+def test_every_kind_of_text_a_tool_returns_is_marked(warehouse: DuckDBWarehouse) -> None:
+    tool = {t.name: t for t in build_tools(warehouse)}["run_guarded_sql"]
+    result = json.loads(
+        tool.invoke(
+            {
+                "sql": "SELECT CAST(any_value(customer_name) AS BLOB) AS b, "
+                "histogram(customer_segment) AS h, "
+                "CAST(list(customer_segment) AS VARCHAR[1]) AS fixed FROM fpr_records "
+                "WHERE record_id = (SELECT min(record_id) FROM fpr_records)"
+            }
+        )
+    )
+    row = result["rows"][0]
+
+    def texts(value: object) -> list[object]:
+        if isinstance(value, dict):
+            if set(value) == {"untrusted_text"}:
+                return []
+            return [t for v in value.values() for t in texts(v)]
+        if isinstance(value, list):
+            return [t for v in value for t in texts(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert texts(row) == []  # no text is left unmarked: bytes, map keys, arrays
+    assert row["b"]["untrusted_text"].startswith("0x")
+    assert row["h"][0]["key"] == {"untrusted_text": row["h"][0]["key"]["untrusted_text"]}
