@@ -24,6 +24,7 @@ access switched off and its configuration locked (see `tools.warehouse`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -319,6 +320,15 @@ MAX_PAD = 1_000
 # stopped itself (a function building one huge value cannot be interrupted midway).
 KILL_GRACE_S = 1.0
 
+TOO_DEEP = (
+    "the statement nests too deeply to analyse (long chains of NOT, BETWEEN, IN or CASE); "
+    "write it with fewer nested expressions"
+)
+# What a result may hold: a text value is cut to MAX_VALUE_CHARS, and rows stop once
+# MAX_RESULT_CHARS of text have come (the row cap bounds rows, not their size).
+MAX_VALUE_CHARS = 10_000
+MAX_RESULT_CHARS = 2_000_000
+
 _OPENING = {TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE}
 _CLOSING = {TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE}
 
@@ -410,9 +420,7 @@ def check(sql: str, *, row_cap: int = 1000) -> GuardedQuery:
     try:
         return _check(sql, row_cap)
     except RecursionError:  # long chains of unary operators or CASEs, no parentheses
-        raise GuardRejection(
-            "the statement nests too deeply to analyse; write it with fewer nested expressions"
-        ) from None
+        raise GuardRejection(TOO_DEEP) from None
 
 
 def _check(sql: str, row_cap: int) -> GuardedQuery:
@@ -477,8 +485,9 @@ def _check_tables(root: exp.Expr) -> None:
     """Check that every table reference is `fpr_records` or a CTE visible where it stands.
 
     A CTE is visible in the body of the query that defines it, in the CTEs after it in
-    the same WITH, and in its own body only under RECURSIVE (the rules DuckDB applies);
-    anywhere else the same name reaches a real object. Walked with a stack: OR chains
+    the same WITH, and in its own body only under RECURSIVE and only in the recursive
+    term, the right side of the body's top UNION (the rules DuckDB applies); anywhere
+    else the same name reaches a real object. Walked with a stack: OR chains
     make trees thousands of levels deep.
     """
     stack: list[tuple[exp.Expr, frozenset[str]]] = [(root, frozenset())]
@@ -492,7 +501,16 @@ def _check_tables(root: exp.Expr) -> None:
             earlier: set[str] = set()
             for cte in with_.expressions:
                 name = fold(cte.alias_or_name)
-                stack.append((cte.this, visible | earlier | ({name} if recursive else set())))
+                body, outer = cte.this, visible | earlier
+                if recursive and isinstance(body, exp.Union):
+                    # Only the recursive term (the right side of the body's top UNION)
+                    # reads the CTE itself; everywhere else its name is the real object's.
+                    stack.append((body.expression, outer | {name}))
+                    stack += [
+                        (c, outer) for c in body.iter_expressions() if c is not body.expression
+                    ]
+                else:
+                    stack.append((body, outer))
                 earlier.add(name)
             inner = visible | earlier
             stack += [(child, inner) for child in node.iter_expressions() if child is not with_]
@@ -553,14 +571,46 @@ def _run_checked(
 ) -> QueryResult:
     """Check `sql`, then run it in `scope` in what is left of the time before `deadline`."""
     guarded = check(sql, row_cap=row_cap)
-    tree = in_scope(guarded.tree, scope) if scope is not None else guarded.tree
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise QueryTimeout(timeout_message(timeout_s))
-    try:
-        return warehouse.run(tree, max_rows=row_cap, timeout_s=remaining)
+    try:  # writing the tree out again recurses as deep as it nests, past what check() saw
+        tree = in_scope(guarded.tree, scope) if scope is not None else guarded.tree
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueryTimeout(timeout_message(timeout_s))
+        return bounded(warehouse.run(tree, max_rows=row_cap, timeout_s=remaining))
     except QueryTimeout:
         raise QueryTimeout(timeout_message(timeout_s)) from None
+    except RecursionError:
+        raise GuardRejection(TOO_DEEP) from None
+
+
+def _bounded_value(value: Any) -> tuple[Any, int]:
+    """Return `value` with its text cut to MAX_VALUE_CHARS, and how much text it holds."""
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE_CHARS:
+            value = value[: MAX_VALUE_CHARS - 1] + "…"
+        return value, len(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value[:MAX_VALUE_CHARS]), min(len(value), MAX_VALUE_CHARS)
+    if isinstance(value, list | tuple):
+        items = [_bounded_value(v) for v in value]
+        return type(value)(v for v, _ in items), sum(n for _, n in items)
+    if isinstance(value, dict):
+        pairs = [(_bounded_value(k), _bounded_value(v)) for k, v in value.items()]
+        return {k: v for (k, _), (v, _) in pairs}, sum(a + b for (_, a), (_, b) in pairs)
+    return value, 8
+
+
+def bounded(result: QueryResult) -> QueryResult:
+    """Return `result` within the size bounds; `truncated` says when rows were left out."""
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    for row in result.rows:
+        cells = [_bounded_value(v) for v in row]
+        size += sum(n for _, n in cells)
+        if size > MAX_RESULT_CHARS and rows:
+            return dataclasses.replace(result, rows=rows, truncated=True)
+        rows.append(tuple(v for v, _ in cells))
+    return dataclasses.replace(result, rows=rows)
 
 
 def _run_isolated(
@@ -595,9 +645,14 @@ def run_sql(
     remote warehouse bounds its own resources. With `scope`, the query sees only the
     records in it.
     """
+    opener = warehouse.reopener()
+    if opener is not None:  # starting the query server is the process's, not the query's
+        try:
+            isolation.warm()
+        except isolation.ChildFailed as e:
+            raise WarehouseError(f"The query could not be run: {e}.") from None
     deadline = time.monotonic() + timeout_s
     screen(sql)
-    opener = warehouse.reopener()
     if opener is None:
         result = _run_checked(warehouse, sql, row_cap, scope, deadline, timeout_s)
     else:

@@ -20,6 +20,7 @@ run at once; waiting for a slot counts toward the deadline.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import pickle
@@ -40,6 +41,7 @@ MAX_CHILDREN = 2
 POLL_S = 0.01  # how often a child's memory is looked at
 PRELOAD = ("duckdb", "sqlglot", "tools.guard")
 START_TIMEOUT_S = 60.0  # the server's imports, on a loaded machine
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 
 
 class ChildTimeout(Exception):
@@ -100,6 +102,15 @@ class _Server:
     def _exited(self) -> bool:
         return self._proc is not None and self._proc.poll() is not None
 
+    def warm(self) -> None:
+        """Start the server now if it is not running (raises ChildFailed if it cannot)."""
+        with self._lock:
+            if self._control is None or self._exited():
+                try:
+                    self._start()
+                except OSError as e:
+                    raise ChildFailed(f"could not start the query server ({e})") from e
+
     def connect(self) -> Connection:
         """Return a connection to a newly forked child."""
         ours, theirs = socket.socketpair()
@@ -128,6 +139,11 @@ _server = _Server()
 _slots = threading.BoundedSemaphore(MAX_CHILDREN)
 
 
+def warm() -> None:
+    """Start the forking server if it is not running, so no query's deadline pays for it."""
+    _server.warm()
+
+
 def run(fn: Callable[..., T], *args: Any, deadline: float, max_rss_bytes: int) -> T:
     """Return `fn(*args)` computed in a child process; raise what it raised.
 
@@ -140,16 +156,18 @@ def run(fn: Callable[..., T], *args: Any, deadline: float, max_rss_bytes: int) -
         raise ChildTimeout()
     try:
         conn = _server.connect()
-        pid = 0
+        pid, answered = 0, False
         try:
             conn.send_bytes(pickle.dumps((fn, args)))
             pid = _receive(conn, deadline)
-            return _await(conn, pid, deadline, max_rss_bytes)
-        except ChildTimeout:
-            if pid:
-                _kill(pid)
-            raise
+            value = _await(conn, pid, deadline, max_rss_bytes)
+            answered = True
+            return value
         finally:
+            # Whatever ends the wait (the deadline, Ctrl-C, a cancelled task): a child
+            # that has not answered is stopped, never left to run on its own.
+            if pid and not answered:
+                _kill(pid)
             conn.close()
     finally:
         _slots.release()
@@ -186,6 +204,17 @@ def _kill(pid: int) -> None:
 
 
 # -- the server and its children (run in `python -m tools.isolation FD`) -------------------
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent ends (Linux; elsewhere, skip)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request took hold
+        os._exit(1)
+
+
 def _child(conn: Connection) -> None:
     conn.send_bytes(pickle.dumps(os.getpid()))
     try:
@@ -219,9 +248,13 @@ def serve(control_fd: int) -> None:
         if not message:  # the caller closed its end (or exited)
             return
         for fd in fds:
+            server = os.getpid()
             if os.fork() == 0:
                 code = 0
                 try:
+                    # This server ends when its caller does (its control socket closes):
+                    # a child still running then is killed with it.
+                    _die_with_parent(server)
                     control.close()
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     _child(Connection(fd))

@@ -33,6 +33,7 @@ CANONICAL_DIALECT = "duckdb"
 # What a process with DuckDB, sqlglot and the guard loaded holds before it queries
 # (about 75 MB measured), with room to spare.
 CHILD_BASE_BYTES = 128 * 2**20
+SPILL_FACTOR = 4  # a query may spill to disk up to this many times its memory limit
 
 
 class WarehouseError(Exception):
@@ -300,6 +301,9 @@ class DuckDBWarehouse(Warehouse):
                     "enable_external_access": False,
                     "lock_configuration": True,
                     "memory_limit": memory_limit,
+                    # What a big query spills to disk is bounded too, not 90% of the
+                    # free disk (DuckDB's default).
+                    "max_temp_directory_size": f"{SPILL_FACTOR * self._memory_bytes}B",
                 },
             )
         except duckdb.Error as e:
@@ -430,18 +434,35 @@ def open_warehouse(url: str | None = None, settings: WarehouseSettings | None = 
 
 
 def json_value(value: Any) -> Any:
-    """Return `value` as a JSON-friendly scalar (dates as ISO text, decimals as floats)."""
+    """Return `value` as JSON-friendly data (dates as ISO text, decimals as floats).
+
+    Bytes (BLOB, GEOMETRY) become hex text `0x...`, UUIDs and intervals text, and lists,
+    structs and maps are converted through; a map's keys become text.
+    """
     import datetime
     import decimal
     import math
+    import uuid
 
+    if isinstance(value, str | bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, datetime.date | datetime.datetime):
+        return json_value(float(value))
+    if isinstance(value, datetime.date | datetime.datetime | datetime.time):
         return value.isoformat()
-    return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, uuid.UUID | datetime.timedelta):
+        return str(value)
+    if isinstance(value, list | tuple | set):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k if isinstance(k, str) else str(json_value(k)): json_value(v) for k, v in value.items()
+        }
+    return str(value)
 
 
 def as_records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:

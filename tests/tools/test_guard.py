@@ -189,6 +189,14 @@ SCOPE_ATTACKS = {
     "recursive": "SELECT * FROM (WITH RECURSIVE fpr_customers_source AS (SELECT 1 AS n UNION ALL "
     "SELECT n + 1 FROM fpr_customers_source WHERE n < 3) SELECT * FROM fpr_customers_source) q, "
     "fpr_customers_source",
+    # under RECURSIVE, a body that is no UNION reads the real object of its own name
+    "recursive, no union": "WITH RECURSIVE fpr_customers AS (SELECT * FROM fpr_customers) "
+    "SELECT * FROM fpr_customers LIMIT 3",
+    # ... and so does the anchor of a UNION, and every term but the last
+    "recursive anchor": "WITH RECURSIVE sqlite_master(a) AS (SELECT sql FROM sqlite_master "
+    "UNION ALL SELECT 1) SELECT * FROM sqlite_master",
+    "recursive middle term": "WITH RECURSIVE duckdb_tables(a) AS (SELECT 1 UNION ALL "
+    "SELECT table_name FROM duckdb_tables UNION ALL SELECT 2) SELECT * FROM duckdb_tables",
     # identifiers fold case in ASCII only: the Kelvin sign is not a k to the warehouse
     "unicode fold": 'WITH "duc\u212adb_tables" AS (SELECT 1 AS a) SELECT * FROM duckdb_tables',
     # a scalar subquery in the select list
@@ -207,6 +215,9 @@ SCOPED_GOOD = [
     # a recursive CTE sees itself
     """WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5)
        SELECT n, (SELECT count(*) FROM fpr_records) AS records FROM r""",
+    # several anchor terms, the recursive one last
+    """WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT 2 UNION ALL
+         SELECT n + 1 FROM r WHERE n < 4) SELECT count(*) FROM r""",
     # case-insensitive, as the warehouse resolves names
     "WITH Monthly AS (SELECT count(*) AS n FROM fpr_records) SELECT n FROM MONTHLY",
 ]
@@ -332,3 +343,103 @@ def test_timestamps_with_time_zone_come_back(warehouse: DuckDBWarehouse) -> None
     ev = run_sql(warehouse, "SELECT CURRENT_TIMESTAMP AS now, to_timestamp(0) AS epoch")
     assert ev.rows[0]["epoch"].startswith("1970-01-01")
     assert ev.rows[0]["now"][:4].isdigit()
+
+
+def _query_processes() -> list[int]:
+    """Pids of the processes queries run in (children of a query server)."""
+    servers, children = set(), []
+    for pid in Path("/proc").iterdir():
+        try:
+            if b"tools.isolation" in (pid / "cmdline").read_bytes():
+                servers.add(pid.name)
+        except OSError:
+            continue
+    for pid in Path("/proc").iterdir():
+        try:
+            fields = (pid / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] in servers and fields[0] != "Z":
+            children.append(int(pid.name))
+    return children
+
+
+SLOW = (
+    "SELECT count(*) FROM fpr_records a, fpr_records b, fpr_records c, fpr_records d "
+    "WHERE a.account_balance + b.account_balance > c.account_balance - d.account_balance"
+)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_query_never_outlives_its_caller(how: str, seeded_path: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    copy = tmp_path / "fpr.duckdb"
+    copy.write_bytes(seeded_path.read_bytes())
+    script = (
+        "from tools.guard import run_sql\n"
+        "from tools.warehouse import DuckDBWarehouse\n"
+        f"run_sql(DuckDBWarehouse({str(copy)!r}), {SLOW!r}, timeout_s=120)\n"
+    )
+    before = set(_query_processes())
+    caller = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2]
+    )
+    deadline = time.monotonic() + 60
+    while not (mine := set(_query_processes()) - before):
+        assert caller.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    caller.send_signal(getattr(signal, how))
+    caller.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in mine):
+        assert time.monotonic() < deadline, "the query's process outlived its caller"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 " + "BETWEEN 1 AND 2 " * 1000,
+        "SELECT 1 " + "IN (1) " * 2800,
+        "SELECT 1 " + "IS DISTINCT FROM 1 " * 1000,
+        "SELECT 'a' " + "LIKE 'a' ESCAPE 'x' " * 900,
+    ],
+)
+def test_chains_too_deep_to_write_out_are_refused(sql: str, warehouse: DuckDBWarehouse) -> None:
+    with pytest.raises(GuardRejection, match="nests too deeply"):
+        run_sql(warehouse, sql)
+
+
+def test_any_value_a_query_returns_comes_back_as_json(warehouse: DuckDBWarehouse) -> None:
+    ev = run_sql(
+        warehouse,
+        "SELECT '\\xFF\\x00'::BLOB AS b, CAST(any_value(customer_name) AS BLOB) AS name, "
+        "INTERVAL 3 DAY AS i, histogram(product_recommendation_status) AS m, "
+        "CAST(list(customer_transaction_count ORDER BY record_id) AS BIGINT[750]) AS fixed "
+        "FROM fpr_records",
+    )
+    row = ev.rows[0]
+    assert row["b"] == "0xff00" and row["name"].startswith("0x")
+    assert sum(row["m"].values()) == 750 and len(row["fixed"]) == 750
+    ev.model_dump_json()  # serialises
+
+
+def test_a_result_is_bounded_in_size_not_only_in_rows(warehouse: DuckDBWarehouse) -> None:
+    from tools.guard import MAX_RESULT_CHARS, MAX_VALUE_CHARS
+
+    big = "SELECT (SELECT string_agg(customer_email, ',') FROM fpr_records) AS v FROM fpr_records"
+    ev = run_sql(warehouse, big, row_cap=1000)
+    assert all(len(r["v"]) <= MAX_VALUE_CHARS for r in ev.rows)
+    assert ev.truncated and sum(len(r["v"]) for r in ev.rows) <= MAX_RESULT_CHARS + MAX_VALUE_CHARS

@@ -63,3 +63,13 @@ def test_the_result_cache_setting_reaches_the_warehouse(
         assert len(one.results) == 1 and one.results.get("b") == 2
     finally:
         one.close()
+
+
+def test_what_a_query_spills_to_disk_is_bounded(seeded_path: Path) -> None:
+    """Was DuckDB's default, 90% of the free disk: one query could fill it."""
+    wh = DuckDBWarehouse(seeded_path, memory_limit="100MB", result_cache=0)
+    try:
+        (told,) = wh._con.execute("SELECT current_setting('max_temp_directory_size')").fetchone()
+    finally:
+        wh.close()
+    assert told == "381.4 MiB"  # 4 x 100 MB (DuckDB's MB is 10^6 bytes)
