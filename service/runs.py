@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import StateSnapshot
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
@@ -32,14 +32,32 @@ from graphs.steps import step_key
 from graphs.tracing import Recording, root_span
 from service.tracking import TracingSettings, tracking_uri, use_tracking
 from tools.settings import current, project_home
+from tools.text import clip, hide_password
 
 ALL = "all"
+
+
+CHECKPOINT_SCHEMES = ("sqlite:///", "postgres://", "postgresql://")
+
+
+class CheckpointsError(Exception):
+    """The checkpoint store named cannot be used: unreachable, or refused the connection."""
+
+
+def checked_checkpoints(url: str) -> str:
+    """Return a checkpoint store URL (empty: the default file); refuse other schemes."""
+    if url and not url.startswith(CHECKPOINT_SCHEMES):
+        raise ValueError(
+            "checkpoints are kept at sqlite:///PATH or postgresql://USER@HOST/DATABASE; "
+            f"got {clip(hide_password(url), 80)!r}"
+        )
+    return url
 
 
 class RunSettings(TracingSettings):
     """Where runs keep their checkpoints (and, as TracingSettings says, their traces)."""
 
-    finmatch_checkpoints: str = Field(
+    finmatch_checkpoints: Annotated[str, AfterValidator(checked_checkpoints)] = Field(
         "", description="sqlite:///path (default .finmatch/checkpoints.sqlite) or postgresql://..."
     )
 
@@ -86,20 +104,37 @@ def compiled(focus: str, builder: Any, saver: BaseCheckpointSaver[Any]) -> Any:
 @asynccontextmanager
 async def open_checkpointer(url: str = "") -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """Open the checkpointer at `url`: a SQLite file (default) or Postgres."""
-    url = url or RunSettings().finmatch_checkpoints
+    url = checked_checkpoints(url) or RunSettings().finmatch_checkpoints
     if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-        async with AsyncPostgresSaver.from_conn_string(url) as saver:
-            await saver.setup()
-            yield saver
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                postgres = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(url))
+                await postgres.setup()
+            except psycopg.OperationalError as e:
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointsError(
+                    f"cannot reach the checkpoint database at {hide_password(url)}: {reason}; "
+                    "check FINMATCH_CHECKPOINTS and that the server accepts connections"
+                ) from None
+            yield postgres
         return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(url.removeprefix("sqlite:///")) if url else project_home() / "checkpoints.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        yield saver
+        try:
+            yield saver
+        finally:
+            # A run that ends on one step's error may leave a sibling's checkpoint write in
+            # flight. Closed under it, the connection kept that write's cursor and
+            # transaction, and so its lock on the file, until the cursor was collected:
+            # the write finishes first (every saver call holds the lock).
+            async with saver.lock:
+                pass
 
 
 @contextlib.contextmanager

@@ -9,8 +9,11 @@ trace writer process imports this and nothing of the graphs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field
@@ -57,12 +60,33 @@ def use_tracking(uri: str = "", experiment: str = "finmatch") -> None:
     with _lock:
         if _pointed == (uri, experiment) and mlflow.get_tracking_uri() == uri:
             return
-        mlflow.set_tracking_uri(uri)
-        if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
-            artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-            mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
-        mlflow.set_experiment(experiment)
+        with _store_lock(uri):
+            mlflow.set_tracking_uri(uri)
+            if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
+                artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+                mlflow.create_experiment(experiment, artifact_location=artifacts.as_uri())
+            mlflow.set_experiment(experiment)
         _pointed = (uri, experiment)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold a lock beside a SQLite store while it is opened (created, migrated).
+
+    Several processes opening a new store at once (traced commands started together)
+    would each create its tables and migrate it, and leave it half made.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def flush_traces() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from langchain_core.messages import AIMessage
 
 from graphs.areas import OPTIMIZATION
 from graphs.context import Context
-from service.runs import ThreadError, run_focus
+from service.runs import ThreadError, open_checkpointer, run_focus
 from tests.conftest import forget_kept_results
 from tests.graphs import scripted
 from tests.graphs.scripted import ScriptedChatModel, answer, tool_call
@@ -564,10 +565,57 @@ def test_a_resumed_portfolio_gathers_again_what_the_areas_referred_to(
         )
     )
     fresh = asyncio.run(run_focus("all", ctx(large_path), checkpoints=ck, tracing=False))
-    assert resumed.status == "succeeded"
+    assert resumed.status == "succeeded", resumed.error
     for slug, report in resumed.output["reports"].items():
         again = fresh.output["reports"][slug]
         assert report["headline"] == again["headline"]
         assert report["numbers_checked"] == again["numbers_checked"] > 0
         assert report["ungrounded"] == []
         assert [e["sql"] for e in report["evidence"]] == [e["sql"] for e in again["evidence"]]
+
+
+def test_a_write_in_flight_when_a_run_ends_does_not_lock_its_checkpoints(tmp_path: Path) -> None:
+    """When one area fails, a sibling area's checkpoint write may still be in flight as
+    the run ends. Closing the connection under it left its cursor and transaction open, so
+    Python kept the file locked until that cursor was collected, and the resume that
+    followed failed: "database is locked"."""
+    path = tmp_path / "ck.sqlite"
+    kept: list[Any] = []
+
+    async def end_with_a_write_in_flight() -> None:
+        async with open_checkpointer(f"sqlite:///{path}") as saver:
+            await saver.setup()  # type: ignore[attr-defined]
+
+            async def write() -> None:  # as AsyncSqliteSaver.aput_writes does
+                async with saver.lock, saver.conn.cursor() as cur:  # type: ignore[attr-defined]
+                    await cur.executemany(
+                        "INSERT INTO writes VALUES (?, '', 'c', 't', '', ?, 'x', 'json', 'v')",
+                        [("thread", i) for i in range(100)],
+                    )
+                    await saver.conn.commit()  # type: ignore[attr-defined]
+
+            kept.append(asyncio.ensure_future(write()))
+            await asyncio.sleep(0)  # the write has started, not finished
+
+    asyncio.run(end_with_a_write_in_flight())
+    other = sqlite3.connect(path, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")  # was: OperationalError: database is locked
+    other.rollback()
+    assert other.execute("SELECT count(*) FROM writes").fetchone() == (100,)  # it finished
+    other.close()
+
+
+def test_processes_opening_a_new_trace_store_at_once_all_succeed(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    script = f"from service.tracking import use_tracking; use_tracking('sqlite:///{store}')"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    assert [e.name for e in client.search_experiments() if e.name == "finmatch"] == ["finmatch"]
