@@ -16,6 +16,7 @@ still queued are queued again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -34,8 +35,11 @@ from service.tracking import tracking_uri
 log = logging.getLogger("finmatch.service")
 T = TypeVar("T")
 
-TRACES_DRAIN_S = 300.0  # at shutdown, how long the trace writer may take to finish
-TRACE_ID_WAIT_S = 30.0  # how long a run's end waits for the writer to start its trace
+TRACES_DRAIN_S = 60.0  # at shutdown, how long the trace writer may take to finish
+# How long a run's end waits for the writer to start its trace (it answers in
+# milliseconds when the store is reachable). A later id is recorded when it comes; while
+# the writer is late, runs do not wait for it at all and keep their place for others.
+TRACE_ID_WAIT_S = 5.0
 
 INTERRUPTED = (
     "The service stopped while this run was running. Its finished steps are saved: "
@@ -74,6 +78,7 @@ class RunManager:
         self._io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finmatch-store")
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._reserved = 0  # places taken by runs being stored, not queued yet
+        self._busy = 0  # workers that have taken a run from the queue
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
@@ -85,6 +90,8 @@ class RunManager:
         self._stopping = False
         self._stopped: asyncio.Future[None] | None = None
         self._traces: TraceWriter | None = None
+        self._traces_late = False  # the writer's last answer was late or an error
+        self._late_ids: set[asyncio.Future[Any]] = set()  # trace ids being recorded late
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,9 +130,11 @@ class RunManager:
         for run_id in list(self._changed):  # followers: nothing more is coming
             self._notify(run_id)
         await self._stack.aclose()
-        self._io_pool.shutdown(wait=True)
         if self._traces is not None:  # the writer finishes what it was sent
             await asyncio.to_thread(self._traces.close, TRACES_DRAIN_S)
+            await asyncio.sleep(0)  # its last answers are handled, then recorded
+            await asyncio.gather(*self._late_ids, return_exceptions=True)
+        self._io_pool.shutdown(wait=True)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the I/O thread (in submission order) and return its result."""
@@ -145,7 +154,9 @@ class RunManager:
         The place is taken before the first await: requests arriving meanwhile see it
         taken, so a burst never gets more places than the limit.
         """
-        waiting = self._queue.qsize() + self._reserved
+        # Runs that idle workers take at once do not wait: they hold no place.
+        idle = len(self._workers) - self._busy
+        waiting = max(0, self._queue.qsize() + self._reserved - idle)
         if waiting >= self.queue_limit:
             raise QueueFull(
                 f"{waiting} runs are already waiting (the limit is "
@@ -318,6 +329,7 @@ class RunManager:
     async def _worker(self) -> None:
         while True:
             run_id = await self._queue.get()
+            self._busy += 1
             try:
                 run = await self.io(self.store.get, run_id, False)
                 if run is None or run.status != "queued" or run_id in self._cancel_requested:
@@ -336,6 +348,7 @@ class RunManager:
             except Exception:  # a bug in the bookkeeping must not kill the worker
                 log.exception("run %s could not be executed", run_id)
             finally:
+                self._busy -= 1
                 self._tasks.pop(run_id, None)
                 self._queue.task_done()
 
@@ -401,10 +414,37 @@ class RunManager:
         if not self._traces.alive() and not self._stopping:  # it died: the next runs need one
             log.warning("the trace writer stopped; starting another (see %s)", self._traces.log)
             self._traces = TraceWriter(self._traces.uri)
+        answer = self._traces.submit(recording)
+        loop = asyncio.get_running_loop()
+
+        def answered(done: concurrent.futures.Future[str]) -> None:  # on the writer's thread
+            loop.call_soon_threadsafe(self._trace_answered, run_id, done)
+
         try:
             return await asyncio.wait_for(
-                asyncio.wrap_future(self._traces.submit(recording)), TRACE_ID_WAIT_S
+                asyncio.shield(asyncio.wrap_future(answer)),
+                0 if self._traces_late else TRACE_ID_WAIT_S,
             )
-        except (TraceWriteError, TimeoutError) as e:  # the run stands; its trace is lost
+        except TraceWriteError as e:  # the run stands; its trace is lost
             log.warning("the trace of run %s was not written: %s", run_id, e)
+            self._traces_late = True
             return ""
+        except TimeoutError:
+            self._traces_late = True
+            answer.add_done_callback(answered)
+            return ""
+        else:
+            self._traces_late = False
+
+    def _trace_answered(self, run_id: str, answer: concurrent.futures.Future[str]) -> None:
+        """A late answer of the writer: record the run's trace id, or why it has none."""
+        error = answer.exception()
+        self._traces_late = error is not None
+        if error is not None:
+            log.warning("the trace of run %s was not written: %s", run_id, error)
+            return
+        task = asyncio.ensure_future(
+            self.io(self.store.update, run_id, {"trace_id": answer.result()})
+        )
+        self._late_ids.add(task)
+        task.add_done_callback(self._late_ids.discard)

@@ -33,6 +33,10 @@ from graphs.tracing import Recording
 from tools.settings import project_home
 
 ROOT = Path(__file__).resolve().parents[1]
+# How long a command waits for its trace's id: the writer started with the command, so
+# by its end MLflow is loaded; a first store is made in a few seconds.
+WRITE_WAIT_S = 30.0
+REASON_CHARS = 300  # of an error told back to the caller
 
 
 class TraceWriteError(Exception):
@@ -52,6 +56,10 @@ class TraceWriter:
         self.log = project_home() / "trace-writer.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {
+            # A tracking server that is down or unreachable is told within seconds, not
+            # after MLflow's default 7 retries of 120 s each; the user's settings win.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             **os.environ,
             # Spans are exported as they end, on the writer's own thread.
             "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false",
@@ -90,13 +98,19 @@ class TraceWriter:
                 done.set_exception(self._gone())
         return done
 
-    def write(self, recording: Recording, timeout_s: float = 120.0) -> str:
+    def write(self, recording: Recording, timeout_s: float = WRITE_WAIT_S) -> str:
         """Send a recording and return its trace id (raises TraceWriteError)."""
+        answer = self.submit(recording)
         try:
-            return self.submit(recording).result(timeout=timeout_s)
+            # Raised anew: the answer's own exception, raised here, would keep this frame
+            # and the caller's (the whole run) alive in a cycle to the end of the process.
+            error = answer.exception(timeout=timeout_s)
+            if error is not None:
+                raise TraceWriteError(str(error))
+            return answer.result()
         except TimeoutError:
             raise TraceWriteError(
-                f"starting the trace in {self.uri} took over {timeout_s:g} s"
+                f"the store did not answer within {timeout_s:g} s (see {self.log})"
             ) from None
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -109,6 +123,7 @@ class TraceWriter:
                 self._proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.cancel()
+            self._reader.join(timeout_s)  # every answer it gave has reached its future
 
     def alive(self) -> bool:
         """Whether the writer process is still running and taking recordings."""
@@ -189,7 +204,16 @@ def serve(uri: str, lines: IO[str], answers: IO[str]) -> None:
     """Answer each recording on `lines` with its trace id; write the traces meanwhile."""
     from service.tracking import use_tracking
 
-    use_tracking(uri)  # imports MLflow's store while the runs are still working
+    try:
+        use_tracking(uri)  # imports MLflow's store while the runs are still working
+    except Exception as e:  # unreachable or refused: every recording is told why
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:REASON_CHARS]
+        sys.stderr.write(f"the tracking store at {uri} could not be opened: {reason}\n")
+        for _line in lines:
+            told = f"the tracking store could not be opened: {reason}"
+            answers.write(json.dumps({"error": told}) + "\n")
+            answers.flush()
+        return
     import mlflow
 
     mlflow.tracing.enable()  # sets up the tracer now, not when the first trace arrives

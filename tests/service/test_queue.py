@@ -56,3 +56,37 @@ def test_a_burst_of_posts_gets_no_more_places_than_the_queue_has(
             assert full.status_code == 429 and "the limit is 10" in full.json()["detail"]
     finally:
         srv.stop()
+
+
+def test_runs_that_start_at_once_take_no_place_in_the_queue(
+    tmp_path: Path, own_warehouse: Path
+) -> None:
+    """Was 429 for the second of two posts with three workers idle: a run a free worker
+    takes at once was counted as waiting."""
+    srv = Server(
+        tmp_path,
+        own_warehouse,
+        FINMATCH_QUEUE_LIMIT="1",
+        FINMATCH_MAX_CONCURRENT_RUNS="3",
+        FINMATCH_TRACING="false",
+    )
+    srv.start()
+    gated = {"focus_area": "financial-impact", "model": GATED}
+    try:
+
+        async def burst(n: int) -> list[int]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+                answers = await asyncio.gather(*(c.post("/runs", json=gated) for _ in range(n)))
+            return [a.status_code for a in answers]
+
+        assert asyncio.run(burst(3)) == [202, 202, 202]
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            deadline = time.monotonic() + 90
+            while len(c.get("/runs", params={"status": "running"}).json()["items"]) < 3:
+                assert time.monotonic() < deadline  # the three workers are held
+                time.sleep(0.05)
+            assert c.post("/runs", json=gated).status_code == 202  # the one place
+            full = c.post("/runs", json=gated)
+            assert full.status_code == 429 and "1 runs are already waiting" in full.text
+    finally:
+        srv.stop()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ import httpx
 import pytest
 
 from graphs.areas import FINANCIAL
-from tests.conftest import Server
+from tests.conftest import ROOT, Server, free_port
 
 pytestmark = pytest.mark.server
 
@@ -102,3 +105,52 @@ def test_a_service_whose_trace_writer_died_starts_another(
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     assert mlflow.get_trace(second["trace_id"]).info.state == "OK"
+
+
+def test_a_command_whose_tracking_server_is_down_ends_with_a_warning(
+    tmp_path: Path, own_warehouse: Path
+) -> None:
+    """Was: the report, then 121 s waiting for MLflow's retries (7, of 120 s each)."""
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {
+        **os.environ,
+        "FINMATCH_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": down,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    command = [sys.executable, "-m", "service.cli", "analyze", "--focus", "financial-impact"]
+    done = subprocess.run(
+        [*command, "--warehouse", f"duckdb:///{own_warehouse}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Financial Impact" in done.stdout
+    assert f"warning: the trace was not recorded in {down}" in done.stderr, done.stderr
+    assert "could not be opened" in done.stderr and "leaked" not in done.stderr
+
+
+def test_a_service_whose_tracking_server_is_down_keeps_running_runs(
+    tmp_path: Path, own_warehouse: Path
+) -> None:
+    """Was: each run held its place 30 s after its report waiting for a trace id, so with
+    one place four runs took two minutes."""
+    srv = Server(
+        tmp_path, own_warehouse, FINMATCH_TRACING="true", FINMATCH_MAX_CONCURRENT_RUNS="1",
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            ids = [c.post("/runs", json={"focus_area": "financial-impact"}).json()["id"]]
+            ids += [c.post("/runs", json={"focus_area": "financial-impact"}).json()["id"]]
+            ids += [c.post("/runs", json={"focus_area": "financial-impact"}).json()["id"]]
+            ids += [c.post("/runs", json={"focus_area": "financial-impact"}).json()["id"]]
+            deadline = time.monotonic() + 45
+            while (runs := [c.get(f"/runs/{i}").json() for i in ids]) and not all(
+                r["status"] == "succeeded" for r in runs
+            ):
+                assert time.monotonic() < deadline, [r["status"] for r in runs]
+                time.sleep(0.2)
+    finally:
+        srv.stop()
+    assert [r["trace_id"] for r in runs] == ["", "", "", ""]
