@@ -24,6 +24,7 @@ import datetime
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ from mlflow.types.responses import ResponsesAgentResponse, ResponsesAgentStreamE
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Match
 
 from graphs.areas import FOCUS_AREAS
@@ -50,12 +52,15 @@ from service.runs import ALL, RunSettings
 from service.store import RunRecord, RunStore, Status
 from tools.metrics import ISO_DATE, Filters, IsoDate, ScopeError, check_scope, dashboard
 from tools.settings import project_home
+from tools.text import clip
 from tools.warehouse import Warehouse, WarehouseError, as_records
 
 log = logging.getLogger("finmatch.service")
 T = TypeVar("T")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 15.0
+EVENT_ID = re.compile(r"[0-9]{1,19}")
+MAX_EVENT_ID = 2**63 - 1  # what a client may send back; a run's events are far fewer
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
 # Each error status of the service: the title of its problem, and when a route answers it.
@@ -72,6 +77,16 @@ ANSWERS: dict[int, tuple[str, str]] = {
     503: ("Not ready", "The warehouse, the checkpointer or the run history cannot be reached"),
 }
 OPEN_PATHS = frozenset({"/health"})  # answered without a key, for probes
+# HTTP authentication schemes (IANA's registry and common others), the only first words
+# of an Authorization header a 401 names back.
+KNOWN_SCHEMES = frozenset(
+    s.lower()
+    for s in (
+        "Basic", "Concealed", "Digest", "DPoP", "GNAP", "HOBA", "Mutual", "Negotiate",
+        "NTLM", "OAuth", "PrivateToken", "SCRAM-SHA-1", "SCRAM-SHA-256", "vapid", "Token",
+        "ApiKey", "AWS4-HMAC-SHA256",
+    )
+)  # fmt: skip
 ASK_FOR_KEY = "send one of this service's API keys as 'Authorization: Bearer <key>'"
 
 
@@ -298,7 +313,12 @@ def key_problem(authorization: str | None, keys: list[bytes]) -> str | None:
     for key in keys:  # compare with every key, in constant time: no early exit on a match
         ok |= hmac.compare_digest(given, key)
     if scheme.lower() != "bearer":
-        return f"The Authorization header uses the {scheme!r} scheme, not Bearer; {ASK_FOR_KEY}."
+        if scheme.lower() in KNOWN_SCHEMES and token:
+            return (
+                f"The Authorization header uses the {scheme!r} scheme, not Bearer; {ASK_FOR_KEY}."
+            )
+        # Anything else may be the key itself, sent without its scheme: never repeated.
+        return f"The Authorization header does not start with 'Bearer '; {ASK_FOR_KEY}."
     if not ok:  # the key sent is not repeated: it may be a real secret sent by mistake
         return f"The bearer key sent is not one of this service's keys; {ASK_FOR_KEY}."
     return None
@@ -397,6 +417,9 @@ def _explain(errors: Any) -> str:
             parts.append(f"the body is not valid JSON ({reason}); send a JSON object")
             continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if not err.get("loc") and err.get("type") == "value_error":  # a rule across fields
+            parts.append(str(err.get("msg")).removeprefix("Value error, "))
+            continue
         parts.append(f"{where or 'body'}: {err.get('msg')}")
     return "; ".join(parts)
 
@@ -498,6 +521,10 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         dependencies=[Depends(known_query)],
     )
     app.add_middleware(BodyLimit, limit=settings.finmatch_max_body_bytes)
+    if not keys:
+        # Keyless, the service listens on loopback only; a page elsewhere that points a
+        # name of its own at 127.0.0.1 (DNS rebinding) must not get answers through it.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK, "[::1]"])
     # Added last, so outermost: an unauthenticated request learns nothing, not even the
     # body limit, and no byte of its body is read.
     app.add_middleware(RequireKey, keys=keys)
@@ -591,8 +618,8 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
     async def check_filters(request: Request, filters: RunFilters) -> Filters:
         try:
             scope = Filters(**filters.model_dump())
-        except ValueError as e:
-            raise _fail(422, str(e)) from e
+        except ValidationError as e:  # a rule across fields, such as dates in order
+            raise _fail(422, f"filters: {_explain(e.errors())}") from e
         try:
             await on_warehouse(lambda wh: check_scope(wh, scope))
         except ScopeError as e:
@@ -694,12 +721,14 @@ def create_app(settings: ServiceSettings | None = None, *, warehouse: str = "") 
         m = manager(request)
         if await m.io(m.store.get, run_id, False) is None:
             raise _fail(404, f"No run {run_id}.")
-        try:
-            after = int(last_event_id or 0)
-        except ValueError as e:
+        given = last_event_id or "0"
+        after = int(given) if EVENT_ID.fullmatch(given) else -1
+        if not 0 <= after <= MAX_EVENT_ID:
             raise _fail(
-                400, f"Last-Event-ID must be an event number; got {last_event_id!r}."
-            ) from e
+                400,
+                f"Last-Event-ID must be an event number from 0 to {MAX_EVENT_ID}; "
+                f"got {clip(given, 40)!r}.",
+            )
 
         async def stream() -> AsyncIterator[str]:
             yield "retry: 1000\n\n"

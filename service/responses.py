@@ -5,6 +5,7 @@ Shared by the model-serving agent (`service.agent`) and the service's `/invocati
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from graphs.report import Report
 from service.runs import ALL
 from tools.metrics import Filters
 from tools.schema import LIFECYCLE_STAGES, PRODUCT_TYPES, SEGMENTS
+from tools.text import clip
 
 QUESTION_CHARS = 2000  # the most of the user's message handed to the model as its question
 
@@ -50,13 +52,20 @@ def understand(request: ResponsesAgentRequest) -> tuple[str, str, dict[str, Any]
         names = {a.name: slug for slug, a in FOCUS_AREAS.items()}
         named = _mentioned(text, tuple(names))
         focus = names[named] if named else ALL
-    if focus not in (*FOCUS_AREAS, ALL):
+    if not isinstance(focus, str) or focus not in (*FOCUS_AREAS, ALL):
         raise ValueError(
-            f"Unknown focus area {focus!r}; choose one of: {', '.join([*FOCUS_AREAS, ALL])}"
+            f"Unknown focus area {clip(repr(focus), 80)}; "
+            f"choose one of: {', '.join([*FOCUS_AREAS, ALL])}"
         )
     model = check_model(str(custom.get("model", "offline")), any_import=False)
-    filters = dict(custom.get("filters") or {})
-    if not custom.get("filters"):
+    given = custom.get("filters")
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(
+            'custom_inputs.filters must be an object such as {"segment": "Retail"}; '
+            f"got {clip(json.dumps(given, default=str), 80)}"
+        )
+    filters = dict(given or {})
+    if not given:
         for key, vocabulary in (
             ("segment", SEGMENTS),
             ("lifecycle_stage", LIFECYCLE_STAGES),

@@ -160,7 +160,7 @@ def test_invocations_answers_like_a_serving_endpoint(client: httpx.Client) -> No
     steps = [f"financial-impact: {s['step']} — {s['detail']}" for s in run["steps"]]
     assert texts[:-1] == steps and len(steps) == 6
     assert texts[-1].startswith("# ") and "Retail" in texts[-1]
-    assert "Question asked: What is the financial impact" in texts[-1]
+    assert 'Question asked: "What is the financial impact' in texts[-1]
 
 
 def test_invocations_on_a_scope_with_no_records_answer_with_a_report(
@@ -303,7 +303,7 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             "/runs",
             {"focus_area": "all", "filters": {"segment": "Martians"}},
             422,
-            "Unknown segment 'Martians'. The data has: Commercial, Retail",
+            "Unknown segment 'Martians'. The data has: 'Commercial', 'Retail'",
         ),
         (
             "post",
@@ -390,6 +390,27 @@ def test_metrics_and_records(client: httpx.Client, warehouse_file: Path) -> None
             422,
             "max_output_tokens: Input should be a valid integer",
         ),
+        (  # was 500: a number is no filter object
+            "post",
+            "/invocations",
+            {"input": [], "custom_inputs": {"filters": 5}},
+            422,
+            "custom_inputs.filters must be an object",
+        ),
+        (  # was 422 with "dictionary update sequence element #0 has length 1"
+            "post",
+            "/responses",
+            {"input": [], "custom_inputs": {"filters": "Retail"}},
+            422,
+            "custom_inputs.filters must be an object",
+        ),
+        (
+            "post",
+            "/invocations",
+            {"input": [], "custom_inputs": {"focus_area": ["all"]}},
+            422,
+            "Unknown focus area ['all']",
+        ),
         (
             "post",
             "/invocations",
@@ -410,6 +431,37 @@ def test_bad_requests_get_clear_problems(
     body = response.json()
     assert body["status"] == status and message in body["detail"], body
     assert "Traceback" not in response.text
+
+
+def test_a_problem_says_what_was_wrong_in_one_sentence(client: httpx.Client) -> None:
+    """Was pydantic's whole report: "1 validation error for Filters ... errors.pydantic.dev"."""
+    filters = {"date_from": "2025-02-01", "date_to": "2025-01-01"}
+    for path, body in (
+        ("/runs", {"focus_area": "all", "filters": filters}),
+        ("/invocations", {"input": [], "custom_inputs": {"filters": filters}}),
+    ):
+        detail = client.post(path, json=body).json()["detail"]
+        assert "date_from (2025-02-01) is after date_to (2025-01-01); swap them" in detail
+        assert "validation error" not in detail and "pydantic" not in detail, detail
+        assert "\n" not in detail
+
+
+@pytest.mark.parametrize("last", ["-1", "99999999999999999999999", "1e3", "+3"])
+def test_a_last_event_id_out_of_range_is_refused(client: httpx.Client, last: str) -> None:
+    run = client.post("/runs", json={"focus_area": "overall-performance"}).json()
+    response = client.get(f"/runs/{run['id']}/events", headers={"Last-Event-ID": last})
+    assert response.status_code == 400, response.text  # was 500 (or a stream) for some
+    assert "Last-Event-ID must be an event number from 0" in response.json()["detail"]
+
+
+def test_a_keyless_service_answers_only_to_its_own_host_names(server: Server) -> None:
+    """A page elsewhere cannot reach a loopback service through a name it controls."""
+    port = server.url.rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example"):
+        response = httpx.get(f"{server.url}/models", headers={"Host": host})
+        assert response.status_code == 400, host  # was 200: DNS rebinding read the data
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert httpx.get(f"{server.url}/models", headers={"Host": host}).status_code == 200
 
 
 def test_a_method_a_path_does_not_take_gets_the_methods_it_does(client: httpx.Client) -> None:
@@ -544,6 +596,10 @@ def test_api_keys(keyed: Server) -> None:
         assert "nope" not in wrong["detail"]  # a key sent is never echoed
         basic = unauthorized(c.get("/models", headers={"Authorization": "Basic key-two"}))
         assert "'Basic'" in basic["detail"]
+        for bare in ("key-one-typed-without-bearer", "sk-live-0123456789abcdef x"):
+            # was echoed: "uses the 'key-one-typed-without-bearer' scheme"
+            told = unauthorized(c.get("/models", headers={"Authorization": bare}))
+            assert bare.split()[0] not in told["detail"], told
         ok = c.get("/models", headers={"Authorization": "Bearer key-two"})
         assert ok.status_code == 200
         assert c.get("/models", headers={"Authorization": "bearer key-one"}).status_code == 200

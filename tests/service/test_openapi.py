@@ -109,7 +109,8 @@ def test_parameters_are_documented_as_sent_never_null() -> None:
 
 def test_the_first_request_is_checked_against_its_own_route() -> None:
     """Query parameters are checked against the schema from the very first request."""
-    client = TestClient(create_app(ServiceSettings(finmatch_api_keys="")))
+    app = create_app(ServiceSettings(finmatch_api_keys=""))
+    client = TestClient(app, base_url="http://localhost")  # keyless: loopback names only
     response = client.get("/metrics", params={"segmnt": "Retail"})
     assert response.status_code == 422, response.text
     assert "GET /metrics takes: segment, lifecycle_stage" in response.json()["detail"]
