@@ -9,15 +9,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import re
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tools import generator
+from tools.settings import MAX_DAYS, MAX_ROW_CAP, MAX_SQL_TIMEOUT_S
+from tools.text import clip, hide_password
 
 if TYPE_CHECKING:  # the models load when a command needs them: a traced run's writer
+    from pydantic import ValidationError
+
     from tools.evidence import Evidence  # starts sooner (service.trace_writer)
 
 EXIT_ERROR = 1
@@ -68,7 +74,13 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 # -- formatting ---------------------------------------------------------------------------
+# Widest a value is shown in a terminal table (`--json` gives every value whole).
+CELL_CHARS = 60
+
+
 def _fmt(value: Any) -> str:
+    from tools.text import clip
+
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -77,7 +89,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    # Text from the table: on one line, cut, its control characters shown, not obeyed.
+    return clip(value, CELL_CHARS)
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -146,10 +159,10 @@ def render_dashboard(evidence: dict[str, Evidence], scope: str) -> str:
         if not part:
             continue
         out.append(title)
-        width = max(len(str(r["value"])) for r in part)
+        width = max(len(_fmt(r["value"])) for r in part)
         for r in part:
             bar = "#" * round(40 * (r["share"] or 0))
-            value, share = str(r["value"]).ljust(width), 100 * r["share"]
+            value, share = _fmt(r["value"]).ljust(width), 100 * r["share"]
             out.append(f"  {value}  {r['records']:>12,}  {share:5.1f}%  {bar}")
         out.append("")
     ms = sum(e.elapsed_ms for e in evidence.values())
@@ -419,8 +432,8 @@ def _analyze(args: argparse.Namespace, writer: Any) -> int:
         if writer and recording and recording.spans:
             try:
                 result.trace_id, result.traces = writer.write(recording), writer.uri
-            except TraceWriteError as e:
-                _err(f"warning: {e}")
+            except TraceWriteError as e:  # the report stands
+                _err(f"warning: the trace was not recorded in {hide_password(writer.uri)}: {e}")
     except ThreadError as e:
         raise CliError(str(e), EXIT_USAGE) from e
     except KeyboardInterrupt:
@@ -839,14 +852,53 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _days(text: str) -> float:
-    try:
-        days = float(text)
-    except ValueError:
-        days = 0.0
-    if not days > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days above 0")
-    return days
+THREAD_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _thread(text: str) -> str:
+    """A thread id: a name in the checkpoints and in file names, so a plain one."""
+    if not THREAD_ID.fullmatch(text) or not text.strip("."):
+        raise argparse.ArgumentTypeError(
+            f"{clip(text, 40)!r} is not a thread id; use 1 to 128 of letters, digits, "
+            "'.', '_' or '-' (not only dots), as printed when the run started"
+        )
+    return text
+
+
+def _number(kind: str, low: float, high: float) -> Callable[[str], float]:
+    """An argument type: a finite number above `low`, at most `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low < value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{clip(text, 40)!r} is not a number of {kind} between {low:g} and {high:g}"
+            )
+        return value
+
+    return parse
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: a whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        value = int(text) if re.fullmatch(r"[+-]?[0-9]{1,19}", text.strip()) else None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{clip(text, 40)!r} is not a whole number from {low} to {high}"
+            )
+        return value
+
+    return parse
+
+
+_days = _number("days", 0, MAX_DAYS)
+_seconds = _number("seconds", 0, MAX_SQL_TIMEOUT_S)
+_port = _whole(1, 65535)
 
 
 def _date(text: str) -> datetime.date:
@@ -940,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the Report as JSON")
     out.add_argument("--markdown", action="store_true", help="print the report as markdown")
-    p.add_argument("--thread", help="thread id (default: a new one)")
+    p.add_argument("--thread", type=_thread, help="thread id (default: a new one)")
     p.add_argument("--resume", action="store_true", help="continue the run on --thread")
     p.add_argument("--no-trace", action="store_true", help="do not record an MLflow trace")
     p.set_defaults(func=cmd_analyze)
@@ -958,8 +1010,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='e.g. "SELECT customer_segment, count(*) FROM fpr_records GROUP BY 1"',
     )
     p.add_argument("--json", action="store_true", help="print the evidence as JSON")
-    p.add_argument("--max-rows", type=int, help="row cap (default FINMATCH_SQL_ROW_CAP or 1000)")
-    p.add_argument("--timeout", type=float, help="statement timeout in seconds (default 30)")
+    p.add_argument(
+        "--max-rows",
+        type=_whole(1, MAX_ROW_CAP),
+        help="row cap (default FINMATCH_SQL_ROW_CAP or 1000)",
+    )
+    p.add_argument("--timeout", type=_seconds, help="statement timeout in seconds (default 30)")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser(
@@ -969,7 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the agent endpoint. Beyond loopback it needs FINMATCH_API_KEYS.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -980,10 +1036,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the Streamlit dashboard that talks to it; Ctrl-C stops both.",
     )
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
+    p.add_argument("--port", type=_port, default=8501, help="dashboard port (default 8501)")
     endpoint = p.add_mutually_exclusive_group()
     endpoint.add_argument(
-        "--service-port", type=int, default=8000, help="agent endpoint port (default 8000)"
+        "--service-port", type=_port, default=8000, help="agent endpoint port (default 8000)"
     )
     endpoint.add_argument(
         "--service-url",
@@ -1033,7 +1089,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same generator as `finmatch seed`, kept in FPR_API_DB (default .finmatch/fpr_api.duckdb).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8100, help="port (default 8100)")
+    p.add_argument("--port", type=_port, default=8100, help="port (default 8100)")
     p.add_argument("--db", metavar="PATH", help="records file (default FPR_API_DB)")
     p.add_argument(
         "--records",
@@ -1066,9 +1122,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Incremental: only records updated since the last sync are fetched.",
     )
     p.add_argument("--url", help="the API's base URL (default FPR_API_URL)")
-    p.add_argument("--page-size", type=int, default=100, help="records per page, 1-200 (100)")
-    p.add_argument("--max-retries", type=int, default=6, help="retries of a failing request (6)")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry wait, seconds (1)")
+    p.add_argument(
+        "--page-size", type=_whole(1, 200), default=100, help="records per page, 1-200 (100)"
+    )
+    p.add_argument(
+        "--max-retries", type=_whole(0, 100), default=6, help="retries of a failing request (6)"
+    )
+    p.add_argument(
+        "--backoff", type=_number("seconds", 0, 600), default=1.0, help="first retry wait (1 s)"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="request timeout, seconds (30)")
     p.add_argument(
         "--full",
@@ -1083,8 +1145,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_problem(e: ValidationError) -> str:
+    """Say which setting is wrong, the value given and what it must be."""
+    told = []
+    for err in e.errors():
+        where = err.get("loc") or ()
+        name = str(where[0]).upper() if e.title.endswith("Settings") and where else e.title
+        value = clip(hide_password(str(err.get("input"))), 80)
+        told.append(f"{name}={value!r} is not valid: {err.get('msg')}")
+    return "; ".join(told) + "; set it in the environment or in .env"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
+    from pydantic import ValidationError
+
     from tools.ingest import WarehouseBusy
     from tools.warehouse import WarehouseError
 
@@ -1094,7 +1169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         _err(f"error: {e}")
         return e.code
+    except ValidationError as e:  # a setting from the environment or .env out of range
+        _err(f"error: {_setting_problem(e)}")
+        return EXIT_USAGE
     except (WarehouseError, WarehouseBusy) as e:
+        _err(f"error: {e}")
+        return EXIT_ERROR
+    except Exception as e:
+        runs = sys.modules.get("service.runs")  # loaded by the commands that keep runs
+        if runs is None or not isinstance(e, runs.CheckpointsError):
+            raise
         _err(f"error: {e}")
         return EXIT_ERROR
     except KeyboardInterrupt:

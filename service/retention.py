@@ -23,6 +23,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.store import TERMINAL, RunStore
+from tools.settings import MAX_DAYS
 
 # The channels a run writes last: once written, the run has nothing left to resume.
 FINAL_CHANNELS = ("report", "summary")
@@ -31,13 +32,13 @@ FINAL_CHANNELS = ("report", "summary")
 class RetentionSettings(BaseSettings):
     """How long threads are kept after their last activity."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", allow_inf_nan=False)
 
     finmatch_retention_days: float = Field(
-        30, gt=0, description="Days a finished run's thread and history are kept"
+        30, gt=0, le=MAX_DAYS, description="Days a finished run's thread and history are kept"
     )
     finmatch_resumable_days: float = Field(
-        90, gt=0, description="Days a thread that can still be resumed is kept"
+        90, gt=0, le=MAX_DAYS, description="Days a thread that can still be resumed is kept"
     )
 
 

@@ -81,10 +81,15 @@ def default_warehouse_url() -> str:
     return f"duckdb://{project_home() / 'fpr.duckdb'}"
 
 
+MAX_ROW_CAP = 100_000  # rows one ad-hoc query may return
+MAX_SQL_TIMEOUT_S = 86_400.0  # a day: a longer statement is a mistake, not an analysis
+MAX_DAYS = 36_500.0  # retention of a century at most: further back no date is computed
+
+
 class WarehouseSettings(BaseSettings):
     """Where `fpr_records` lives and how guarded queries are bounded."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", allow_inf_nan=False)
 
     finmatch_warehouse: str = Field(
         default_factory=default_warehouse_url,
@@ -96,8 +101,12 @@ class WarehouseSettings(BaseSettings):
     uc_catalog: str | None = Field(None, description="Unity Catalog catalog of fpr_records")
     uc_schema: str | None = Field(None, description="Unity Catalog schema of fpr_records")
     uc_table: str = Field("fpr_records", description="Unity Catalog table name")
-    finmatch_sql_row_cap: int = Field(1000, ge=1, le=100_000, description="Rows per ad-hoc query")
-    finmatch_sql_timeout_s: float = Field(30.0, gt=0, description="Statement timeout, seconds")
+    finmatch_sql_row_cap: int = Field(
+        1000, ge=1, le=MAX_ROW_CAP, description="Rows per ad-hoc query"
+    )
+    finmatch_sql_timeout_s: float = Field(
+        30.0, gt=0, le=MAX_SQL_TIMEOUT_S, description="Statement timeout, seconds"
+    )
     finmatch_duckdb_memory_limit: str = Field(
         "1GB", description="Memory the embedded warehouse may use for caching and queries"
     )

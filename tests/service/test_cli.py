@@ -77,6 +77,81 @@ def test_errors_are_clear(wh: str, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "is after date_to" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "told"),
+    [  # each was taken: a run without end, a cap of none, a thread file outside the store
+        (["sql", "SELECT 1", "--timeout", "inf"], "--timeout: 'inf' is not a number of seconds"),
+        (["sql", "SELECT 1", "--timeout", "nan"], "--timeout: 'nan' is not a number of seconds"),
+        (["sql", "SELECT 1", "--timeout", "0"], "between 0 and 86400"),
+        (["sql", "SELECT 1", "--max-rows", "0"], "--max-rows: '0' is not a whole number from 1"),
+        (["sql", "SELECT 1", "--max-rows", "10000000"], "from 1 to 100000"),
+        (["analyze", "--focus", "all", "--thread", "../x"], "--thread: '../x' is not a thread id"),
+        (["analyze", "--focus", "all", "--thread", "a/b"], "letters, digits, '.', '_' or '-'"),
+        (["analyze", "--focus", "all", "--thread", "."], "is not a thread id"),
+        (["analyze", "--focus", "all", "--thread", "x" * 129], "1 to 128 of"),
+        (["prune", "--retention-days", "inf"], "--retention-days: 'inf' is not a number of days"),
+        (["prune", "--resumable-days", "1e9"], "between 0 and 36500"),
+        (["serve", "--port", "70000"], "--port: '70000' is not a whole number from 1 to 65535"),
+    ],
+)
+def test_arguments_out_of_range_are_refused(
+    argv: list[str], told: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    assert told in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FINMATCH_SQL_TIMEOUT_S", "inf"),
+        ("FINMATCH_SQL_TIMEOUT_S", "-1"),
+        ("FINMATCH_SQL_ROW_CAP", "lots"),
+        ("FINMATCH_RETENTION_DAYS", "nan"),
+    ],
+)
+def test_settings_out_of_range_are_named(
+    name: str, value: str, wh: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    main(["seed", "--rows", "20", "--warehouse", wh])
+    capsys.readouterr()
+    monkeypatch.setenv(name, value)
+    command = ["prune", "--dry-run"] if "RETENTION" in name else ["sql", "SELECT 1"]
+    assert main([*command, "--warehouse", wh] if "SQL" in name else command) == 2
+    err = capsys.readouterr().err  # was a pydantic traceback
+    assert f"error: {name}={value!r} is not valid:" in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "told"),
+    [  # were a file named "mysql:" made in the working directory, and a traceback
+        ("mysql://db/finmatch", 2, "FINMATCH_CHECKPOINTS='mysql://db/finmatch' is not valid"),
+        ("checkpoints.sqlite", 2, "sqlite:///PATH or postgresql://"),
+        (
+            "postgresql://finmatch:s3cret@127.0.0.1:1/finmatch",
+            1,
+            "cannot reach the checkpoint database at postgresql://finmatch:***@127.0.0.1:1",
+        ),
+    ],
+)
+def test_a_checkpoint_store_that_cannot_be_used_is_named(
+    url: str, code: int, told: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("FINMATCH_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FINMATCH_CHECKPOINTS", url)
+    assert main(["prune", "--dry-run"]) == code
+    err = capsys.readouterr().err
+    assert told in err, err
+    assert "Traceback" not in err and "s3cret" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["service.sqlite"])
+
+
 @pytest.mark.parametrize("command", [[], ["seed"], ["load"], ["metrics"], ["sql"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -171,9 +246,9 @@ def test_scope_values_are_checked_against_the_data(
         assert main([*command, "--segment", "Retial", "--warehouse", wh]) == 2
         err = capsys.readouterr().err
         assert "Unknown segment 'Retial'; did you mean 'Retail'?" in err
-        assert "The data has: Commercial, Retail, Small Business" in err
+        assert "The data has: 'Commercial', 'Retail', 'Small Business'" in err
     assert main(["metrics", "--product-type", "Yacht", "--warehouse", wh]) == 2
-    assert "Unknown product type 'Yacht'. The data has: Auto Loan" in capsys.readouterr().err
+    assert "Unknown product type 'Yacht'. The data has: 'Auto Loan'" in capsys.readouterr().err
 
 
 def test_analyze_on_an_empty_scope_reports_it(
@@ -190,3 +265,23 @@ def test_analyze_on_an_empty_scope_reports_it(
     assert code == 0, captured.err
     assert "No records match this scope [FIN-1]." in captured.out
     assert "no recommendation matches the scope" in captured.err
+
+
+def test_sql_shows_long_and_odd_values_on_one_short_line(
+    wh: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["seed", "--rows", "50", "--warehouse", wh])
+    capsys.readouterr()
+    sql = (
+        "SELECT (SELECT string_agg(customer_email, ',') FROM fpr_records) AS emails, "
+        "'a\x1b]0;pwned\x07\u202eb' AS odd FROM fpr_records"
+    )
+    assert main(["sql", sql, "--warehouse", wh]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 2 + 50 and max(len(line) for line in lines) < 200
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "a\\x1b]0;pwned\\x07\\u202eb" in out
+    assert main(["sql", sql, "--json", "--warehouse", wh]) == 0  # JSON keeps the values whole
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["odd"] == "a\x1b]0;pwned\x07\u202eb" and len(rows[0]["emails"]) > 500

@@ -99,4 +99,4 @@ def test_the_prune_command(
     with pytest.raises(SystemExit) as bad:
         main(["prune", "--retention-days", "-3"])
     assert bad.value.code == 2
-    assert "'-3' is not a number of days above 0" in capsys.readouterr().err
+    assert "'-3' is not a number of days between 0 and 36500" in capsys.readouterr().err
