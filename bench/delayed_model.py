@@ -20,10 +20,10 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 
 def _answer(messages: list[BaseMessage]) -> AIMessage:
-    request = json.loads(str(messages[-1].content))
-    ids = [f["id"] for f in request.get("findings", [])]
+    prompt = json.loads(str(messages[-1].content))  # {"request": ..., "data": ...}
+    ids = [f["id"] for f in prompt["data"].get("findings", [])]
     body = {
-        "headline": f"{request['focus_area']}: what the evidence shows",
+        "headline": f"{prompt['request']['focus_area']}: what the evidence shows",
         "sections": [{"title": "Findings", "body": "The findings above, in order of impact."}],
         "recommendations": [
             {"priority": 1, "action": "Act on the first finding", "rationale": "It leads.",
