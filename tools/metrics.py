@@ -640,7 +640,7 @@ def get_metric(metric_id: str) -> Metric:
 _PLACEHOLDER = re.compile(r":([A-Za-z_]\w*)")
 
 
-def _used(sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def used_params(sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Return the parameters `sql` refers to (DuckDB refuses any others)."""
     names = set(_PLACEHOLDER.findall(sql))
     return {k: v for k, v in params.items() if k in names}
@@ -715,7 +715,7 @@ def _run_alone(
 ) -> Evidence:
     sql, where_params = _statement(warehouse, metric, filters)
     params = {**bound, **where_params}
-    result = warehouse.run(sql, _used(sql, params), timeout_s=timeout_s)
+    result = warehouse.run(sql, used_params(sql, params), timeout_s=timeout_s)
     return _evidence(
         warehouse,
         metric,
@@ -867,7 +867,7 @@ class MetricBatch:
             where, params = self.filters.where()
             sql = cells_sql(self.dims).format(where=where)
             params.update(self.cell_params)
-            result = self.warehouse.run(sql, _used(sql, params), timeout_s=self.timeout_s)
+            result = self.warehouse.run(sql, used_params(sql, params), timeout_s=self.timeout_s)
             types = _cells_types(self.dims)
             if result.columns != [name for name, _ in types]:
                 raise RuntimeError(f"cells came back as {result.columns}, not {types}")
@@ -892,7 +892,7 @@ class MetricBatch:
         rollup = _transpile(metric.sql, "duckdb")
         started = time.perf_counter()
         with self._local_lock:
-            cursor = self._local().execute(rollup, _used(metric.sql, bound) or None)
+            cursor = self._local().execute(rollup, used_params(metric.sql, bound) or None)
             columns = [d[0] for d in cursor.description or []]
             rows = [tuple(r) for r in cursor.fetchall()]
         elapsed = round((time.perf_counter() - started) * 1000, 3)
