@@ -9,10 +9,12 @@ reads little: two passes over the scope, whatever its size, and never a row.
    per-record summary has nearly one value a record). The quartiles of each numeric
    column make its bands; the recommendation months and quarters are dimensions too.
    The status values found make the status-share measures.
-2. **Statistics.** One GROUPING SETS query returns, for every value of every dimension,
-   every cell of two categories of different facts, and the whole scope, each
-   measure's count, sum and sum of squares. Values past a dimension's TOP_VALUES (by
-   records) are merged into OTHER here: sums add up.
+2. **Statistics.** One statement returns, for every value of every dimension, every
+   cell of two categories of few values (and different facts), and the whole scope,
+   each measure's count, sum and sum of squares. The categories of few values are
+   grouped once into a base and rolled up from it (GROUPING SETS); the others are
+   grouped from the records. Values past a dimension's TOP_VALUES (by records) are
+   merged into OTHER here: sums add up.
 
 Statements are written once in the canonical dialect with `:name` parameters (data
 values such as status labels are parameters, never SQL text) and run through the
@@ -98,6 +100,7 @@ class Dimension:
     group_sql: str  # the value of one record, as text
     params: dict[str, Any] = field(default_factory=dict)
     order: tuple[str, ...] = ()  # the values' natural order, where they have one
+    levels: int = 0  # distinct values in the scope (approximate), for a category
 
 
 @dataclass(frozen=True)
@@ -205,9 +208,9 @@ def _discovery_sql(where: str) -> str:
     parts = ["count(*) AS records"]
     for col in _text_columns():
         parts.append(f"approx_count_distinct({col}) AS d_{col}")
-    for col in _numeric_columns():
-        for i, q in enumerate(QUARTILES):
-            parts.append(f"quantile_cont({col}, {q}) AS q{i}_{col}")
+    listed = ", ".join(str(q) for q in QUARTILES)
+    for col in _numeric_columns():  # one sort a column for all its cut points
+        parts.append(f"quantile_cont({col}, [{listed}]) AS q_{col}")
     return f"SELECT {', '.join(parts)} FROM {TABLE} WHERE {where}"
 
 
@@ -266,11 +269,16 @@ def _band_dimension(col: str, cuts: Sequence[float]) -> Dimension | None:
     params |= {f"l_{col}_{i}": label for i, label in enumerate(labels)}
     whens = " ".join(f"WHEN {col} <= :b_{col}_{i} THEN :l_{col}_{i}" for i in range(len(cuts)))
     group = f"CASE WHEN {col} IS NULL THEN NULL {whens} ELSE :l_{col}_{len(cuts)} END"
-    label = BY_NAME[col].description.split(" (")[0].lower()
+    label = _label(col)
     return Dimension(
         name=f"band_{col}", label=f"{label} band", kind="band", column=col,
         group_sql=group, params=params, order=tuple(labels),
     )  # fmt: skip
+
+
+def _label(column: str) -> str:
+    """A column's name as words, without the 'customer' every column is about."""
+    return column.removeprefix("customer_").replace("_", " ")
 
 
 def _num(x: float) -> str:
@@ -300,10 +308,10 @@ def discover(warehouse: Warehouse, filters: Filters | None = None) -> tuple[
         elif distinct > MAX_LEVELS or distinct > MAX_LEVEL_SHARE * records:
             excluded[col] = f"{distinct:,} distinct values in {records:,} records: a key or text"
         else:
-            label = BY_NAME[col].description.split(" (")[0].lower()
-            dims.append(Dimension(col, label, "category", col, col))
+            label = _label(col)
+            dims.append(Dimension(col, label, "category", col, col, levels=distinct))
     for col in _numeric_columns():
-        band = _band_dimension(col, [row[f"q{i}_{col}"] for i in range(len(QUARTILES))])
+        band = _band_dimension(col, list(row[f"q_{col}"] or ()))
         if band is not None:
             dims.append(band)
     dims.append(Dimension("month", "month", "month", WHEN, f"strftime({WHEN}, '%Y-%m')"))
@@ -317,8 +325,8 @@ def discover(warehouse: Warehouse, filters: Filters | None = None) -> tuple[
 
 
 def _pairs(dims: Sequence[Dimension]) -> list[tuple[int, int]]:
-    """The pairs of dimensions whose cells are read: the categories of different facts."""
-    cats = [i for i, d in enumerate(dims) if d.kind == "category"]
+    """The pairs whose cells are read: the base's categories (`_based`), of different facts."""
+    cats = sorted(_based(dims))
     return [
         (i, j)
         for a, i in enumerate(cats)
@@ -327,33 +335,68 @@ def _pairs(dims: Sequence[Dimension]) -> list[tuple[int, int]]:
     ]
 
 
+def _based(dims: Sequence[Dimension]) -> set[int]:
+    """The dimensions aggregated first into one base table, then rolled up.
+
+    One pass groups the records by every category of at most TOP_VALUES values at once;
+    each such category's slices and each pair's cells are then sums over that base, which
+    holds at most one row a combination that occurs (far fewer than the records in a large
+    table; never more), not a pass each. Pairs are read among these categories.
+    """
+    return {i for i, d in enumerate(dims) if d.kind == "category" and d.levels <= TOP_VALUES}
+
+
 def _stats_sql(
     where: str, measures: Sequence[Measure], dims: Sequence[Dimension]
 ) -> tuple[str, dict[str, Any]]:
-    inner = [f"{d.group_sql} AS g{i}" for i, d in enumerate(dims)]
-    inner += [f"CAST({m.value_sql} AS DOUBLE) AS v{j}" for j, m in enumerate(measures)]
-    inner += [f"CAST({m.tested_sql} AS DOUBLE) AS w{j}" for j, m in enumerate(measures) if m.skewed]
-    outer = [f"g{i}" for i in range(len(dims))]
-    outer += [f"GROUPING(g{i}) AS x{i}" for i in range(len(dims))]
-    outer.append("count(*) AS records")
+    based = _based(dims)
+    direct = [i for i in range(len(dims)) if i not in based]
+    values = [f"CAST({m.value_sql} AS DOUBLE) AS v{j}" for j, m in enumerate(measures)]
+    values += [
+        f"CAST({m.tested_sql} AS DOUBLE) AS w{j}" for j, m in enumerate(measures) if m.skewed
+    ]
+    sums: list[tuple[str, str]] = [("records", "count(*)")]  # (name, aggregate of records)
     for j, m in enumerate(measures):
-        outer += [f"count(v{j}) AS n{j}", f"sum(v{j}) AS s{j}"]
-        outer.append(f"sum(v{j}) AS q{j}" if m.kind == "share" else f"sum(v{j} * v{j}) AS q{j}")
+        sums += [(f"n{j}", f"count(v{j})"), (f"s{j}", f"sum(v{j})")]
+        sums.append((f"q{j}", f"sum(v{j})" if m.kind == "share" else f"sum(v{j} * v{j})"))
         if m.skewed:
-            outer += [f"sum(w{j}) AS ws{j}", f"sum(w{j} * w{j}) AS wq{j}"]
-    sets = ", ".join(
-        [f"(g{i})" for i in range(len(dims))] + [f"(g{i}, g{j})" for i, j in _pairs(dims)] + ["()"]
+            sums += [(f"ws{j}", f"sum(w{j})"), (f"wq{j}", f"sum(w{j} * w{j})")]
+
+    def scoped(ids: Sequence[int]) -> str:
+        groups = [f"{dims[i].group_sql} AS g{i}" for i in ids]
+        return f"SELECT {', '.join([*groups, *values])} FROM {TABLE} WHERE {where}"
+
+    def columns(ids: set[int] | list[int]) -> list[str]:
+        out = [f"g{i}" if i in ids else f"CAST(NULL AS VARCHAR) AS g{i}" for i in range(len(dims))]
+        return out + [
+            f"GROUPING(g{i}) AS x{i}" if i in ids else f"1 AS x{i}" for i in range(len(dims))
+        ]
+
+    keys = [f"g{i}" for i in sorted(based)]
+    base = (
+        f"SELECT {', '.join([*keys, *(f'{agg} AS {name}' for name, agg in sums)])} "
+        f"FROM ({scoped(sorted(based))}) AS scoped"
+        + (f" GROUP BY {', '.join(keys)}" if keys else "")
     )
-    sql = (
-        f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {TABLE} "
-        f"WHERE {where}) AS scoped GROUP BY GROUPING SETS ({sets})"
+    rolled_sets = [f"(g{i})" for i in sorted(based)]
+    rolled_sets += [f"(g{i}, g{j})" for i, j in _pairs(dims)]
+    rolled = (
+        f"SELECT {', '.join([*columns(based), *(f'sum({n}) AS {n}' for n, _ in sums)])} "
+        f"FROM ({base}) AS base GROUP BY GROUPING SETS ({', '.join([*rolled_sets, '()'])})"
     )
+    parts = [rolled]
+    if direct:
+        parts.append(
+            f"SELECT {', '.join([*columns(direct), *(f'{agg} AS {n}' for n, agg in sums)])} "
+            f"FROM ({scoped(direct)}) AS scoped "
+            f"GROUP BY GROUPING SETS ({', '.join(f'(g{i})' for i in direct)})"
+        )
     params: dict[str, Any] = {}
     for dim in dims:
         params.update(dim.params)
     for measure in measures:
         params.update(measure.params)
-    return sql, params
+    return " UNION ALL ".join(parts), params
 
 
 def scan(warehouse: Warehouse, filters: Filters | None = None) -> Scan:
