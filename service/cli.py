@@ -267,6 +267,89 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measured(value: float, unit: str) -> str:
+    if unit == "share":
+        return f"{value:.1%}"
+    if unit == "money":
+        return f"${value:,.0f}"
+    return f"{value:,.3g}"
+
+
+def _where(insight: Any) -> str:
+    if insight.kind == "shift":
+        return f"from {insight.value}"
+    where = f"{insight.dimension_label} = {clip(insight.value)}"
+    if insight.kind == "cell":
+        where += f" and {insight.second_label} = {clip(insight.second_value)}"
+    return where
+
+
+def _problems(found: Any) -> list[str]:
+    told = [
+        f"{n:,} {what}"
+        for n, what in (
+            (found.accepted_without_sale, "accepted recommendations without a sale"),
+            (found.sale_without_acceptance, "sales without an accepted recommendation"),
+            (found.sale_before_recommendation, "sales dated before their recommendation"),
+            (found.conflicting_customers, "customers with conflicting profiles"),
+            *((n, f"values of {c} out of range") for c, n in found.out_of_range.items()),
+        )
+        if n
+    ]
+    if found.outliers:
+        share = found.outlier_sales / found.sales_total if found.sales_total else 0.0
+        told.append(
+            f"{found.outliers:,} outlying sales hold {share:.1%} of the "
+            f"${found.sales_total:,.0f} of sales (${found.sales_total - found.outlier_sales:,.0f} "
+            "without them)"
+        )
+    return told
+
+
+def cmd_insights(args: argparse.Namespace) -> int:
+    """Print what the insight engine finds: data problems, then insights by impact."""
+    import dataclasses
+
+    from graphs.insights import find
+    from tools.scans import quality, scan
+
+    filters = _filters(args)
+    warehouse = _open(args)
+    try:
+        _check_scope(warehouse, filters)
+        problems = quality(warehouse, filters)
+        scanned = scan(warehouse, filters)
+    finally:
+        warehouse.close()
+    found = find(scanned)
+    shown = found[: args.top]
+    if args.json:
+        body = {
+            "scope": filters.describe(),
+            "records": scanned.records,
+            "quality": {k: v for k, v in dataclasses.asdict(problems).items() if k != "sql"},
+            "insights": [{**dataclasses.asdict(i), "impact": i.impact} for i in shown],
+            "found": len(found),
+        }
+        _out(json.dumps(body, indent=2, default=str))
+        return 0
+    _out(f"Insights in {filters.describe()} ({scanned.records:,} recommendations)")
+    told = _problems(problems)
+    _out("Data: " + ("; ".join(told) if told else "no problems found"))
+    _out("")
+    for rank, i in enumerate(shown, start=1):
+        money = f"  worth ${i.money:,.0f}" if i.money else ""
+        _out(
+            f"{rank:>3}. {_where(i)}: {i.measure_label} {_measured(i.value_in, i.unit)} "
+            f"against {_measured(i.value_rest, i.unit)} "
+            f"({'predicted' if i.kind == 'cell' else 'before' if i.kind == 'shift' else 'the rest'}"
+            f"), n = {i.n:,}, q = {i.q:.1g}{money}"
+        )
+    if len(found) > len(shown):
+        _out(f"... {len(found) - len(shown):,} more (--top N)")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     """Run one guarded read-only query."""
     from tools.guard import GuardRejection, run_sql
@@ -975,6 +1058,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", metavar="ID", help="run one catalog metric instead of the dashboard")
     p.add_argument("--list", action="store_true", help="list the catalog metrics and exit")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser(
+        "insights",
+        parents=[common, scope],
+        help="list what the insight engine finds in the data",
+        description="Scan every dimension, pair of categories and month of the scope in the "
+        "warehouse, test each against the rest (false discovery rate 1%%), and list the "
+        "data's problems, then the insights by impact.",
+    )
+    p.add_argument("--top", type=_whole(1, 1000), default=20, help="insights shown (20)")
+    p.add_argument("--json", action="store_true", help="print the scan's findings as JSON")
+    p.set_defaults(func=cmd_insights)
 
     from graphs.areas import FOCUS_AREAS
 

@@ -285,3 +285,24 @@ def test_sql_shows_long_and_odd_values_on_one_short_line(
     assert main(["sql", sql, "--json", "--warehouse", wh]) == 0  # JSON keeps the values whole
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert rows[0]["odd"] == "a\x1b]0;pwned\x07\u202eb" and len(rows[0]["emails"]) > 500
+
+
+def test_insights_lists_data_problems_then_insights_by_impact(
+    wh: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["seed", "--rows", "3000", "--warehouse", wh])
+    capsys.readouterr()
+    assert main(["insights", "--top", "5", "--json", "--warehouse", wh]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scope"] == "all records" and out["records"] == 3000
+    assert out["quality"]["accepted_without_sale"] == 0
+    insights = out["insights"]
+    assert 0 < len(insights) <= 5
+    impacts = [i["impact"] for i in insights]
+    assert impacts == sorted(impacts, reverse=True)
+    assert all(i["q"] <= 0.01 for i in insights)
+    assert main(["insights", "--top", "3", "--segment", "Retail", "--warehouse", wh]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Insights in segment = Retail")
+    assert "Data: no problems found" in text
+    assert len([line for line in text.splitlines() if line[:3].strip().isdigit()]) == 3
