@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +35,18 @@ def run_child(code: str, *args: str) -> dict[str, Any]:
     if done.returncode:
         raise SystemExit(f"benchmark child failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def seeded(sizes: Sequence[int]) -> Iterator[tuple[int, Path]]:
+    """Seed a table of each size in a temporary directory in turn; yield (rows, path)."""
+    sys.path.insert(0, str(ROOT))
+    from tools.ingest import seed_table
+
+    with tempfile.TemporaryDirectory(prefix="finmatch-bench-") as tmp:
+        for rows in sizes:
+            path = Path(tmp) / f"fpr_{rows}.duckdb"
+            t = time.perf_counter()
+            seed_table(path, rows=rows)
+            print(f"[{rows:>12,} rows] seeded in {time.perf_counter() - t:.1f} s", flush=True)
+            yield rows, path
+            path.unlink()
