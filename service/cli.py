@@ -310,7 +310,7 @@ def cmd_insights(args: argparse.Namespace) -> int:
     """Print what the insight engine finds: data problems, then insights by impact."""
     import dataclasses
 
-    from graphs.insights import find
+    from graphs.insights import MIN_GROUP, find
     from tools.scans import quality, scan
 
     filters = _filters(args)
@@ -334,6 +334,14 @@ def cmd_insights(args: argparse.Namespace) -> int:
         _out(json.dumps(body, indent=2, default=str))
         return 0
     _out(f"Insights in {filters.describe()} ({scanned.records:,} recommendations)")
+    if scanned.records < 2 * MIN_GROUP:
+        _out(
+            "No recommendation matches this scope: widen it."
+            if not scanned.records
+            else f"Too few records to compare groups: {2 * MIN_GROUP} are needed, "
+            f"{MIN_GROUP} on each side of a comparison. Widen the scope."
+        )
+        return 0
     told = _problems(problems)
     _out("Data: " + ("; ".join(told) if told else "no problems found"))
     _out("")

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from service.cli import main
@@ -306,3 +307,19 @@ def test_insights_lists_data_problems_then_insights_by_impact(
     assert text.startswith("Insights in segment = Retail")
     assert "Data: no problems found" in text
     assert len([line for line in text.splitlines() if line[:3].strip().isdigit()]) == 3
+
+
+def test_insights_on_an_empty_or_tiny_scope_say_so(
+    wh: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["seed", "--rows", "400", "--warehouse", wh])
+    capsys.readouterr()
+    assert main(["insights", "--date-from", "2030-01-01", "--warehouse", wh]) == 0
+    assert "No recommendation matches this scope: widen it." in capsys.readouterr().out
+    (day,) = (
+        duckdb.connect(wh.removeprefix("duckdb://"), read_only=True)
+        .execute("SELECT min(product_recommendation_date) FROM fpr_records")
+        .fetchone()
+    )
+    assert main(["insights", "--date-to", str(day), "--warehouse", wh]) == 0
+    assert "Too few records to compare groups" in capsys.readouterr().out
