@@ -39,7 +39,7 @@ from tools.scans import (
 FDR_Q = 0.01
 MIN_GROUP = 30  # records on each side of a comparison
 MIN_MONTHS = 3  # months on each side of a break in a series
-TIME_KINDS = ("month", "quarter")
+TIME_KINDS = ("month",)
 MIN_SHARE_GAP = 0.03  # three percentage points
 MIN_STANDARDIZED_GAP = 0.15  # of a mean, in pooled standard deviations
 CHURN = "mean_customer_churn_probability"

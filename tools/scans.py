@@ -7,7 +7,8 @@ reads little: two passes over the scope, whatever its size, and never a row.
    names: a text column is one when it has from 2 to MAX_LEVELS distinct values and no
    more than a MAX_LEVEL_SHARE of its records are distinct (an identifier, a name or a
    per-record summary has nearly one value a record). The quartiles of each numeric
-   column make its bands; the recommendation months and quarters are dimensions too.
+   column make its bands; the recommendation month is a dimension too (a series:
+   `graphs.insights` looks for its breaks).
    The status values found make the status-share measures.
 2. **Statistics.** One statement returns, for every value of every dimension, every
    cell of two categories of few values (and different facts), and the whole scope,
@@ -95,7 +96,7 @@ class Dimension:
 
     name: str
     label: str
-    kind: str  # "category" | "band" | "month" | "quarter"
+    kind: str  # "category" | "band" | "month"
     column: str
     group_sql: str  # the value of one record, as text
     params: dict[str, Any] = field(default_factory=dict)
@@ -228,10 +229,14 @@ def _slug(text: str) -> str:
 def measures_for(statuses: Sequence[str]) -> tuple[Measure, ...]:
     """The measures of a scope whose status values are `statuses`."""
     out = []
+    names: set[str] = set()
     for i, status in enumerate(statuses):
+        name = f"share_{_slug(status)}"
+        name = name if name not in names else f"{name}_{i}"  # "In Progress", "in-progress"
+        names.add(name)
         out.append(
             Measure(
-                name=f"share_{_slug(status)}",
+                name=name,
                 label=f"share {status}",
                 kind="share",
                 unit="share",
@@ -315,12 +320,6 @@ def discover(warehouse: Warehouse, filters: Filters | None = None) -> tuple[
         if band is not None:
             dims.append(band)
     dims.append(Dimension("month", "month", "month", WHEN, f"strftime({WHEN}, '%Y-%m')"))
-    dims.append(
-        Dimension(
-            "quarter", "quarter", "quarter", WHEN,
-            f"CAST(year({WHEN}) AS VARCHAR) || '-Q' || CAST(quarter({WHEN}) AS VARCHAR)",
-        )
-    )  # fmt: skip
     return records, measures, tuple(dims), excluded, sql
 
 
@@ -460,7 +459,7 @@ def _kept(
     dim: Dimension, values: list[tuple[str, int, dict[str, Stats]]], measures: Sequence[Measure]
 ) -> list[Slice]:
     """The dimension's slices: its TOP_VALUES by records and the rest merged as OTHER."""
-    if dim.kind in ("month", "quarter", "band"):
+    if dim.kind in ("month", "band"):
         return [Slice(dim, v, n, s) for v, n, s in sorted(values)]
     # Ties in records are broken by the sums, so two columns that name the same records
     # keep the same values (and alias), whatever their labels' order.
@@ -478,6 +477,7 @@ def _kept(
 
 
 # -- data quality ------------------------------------------------------------------------
+PROFILE = ("customer_segment", "customer_name", "customer_email")  # one per customer
 OUTLIER_MADS = 10.0  # a sale this many robust deviations above its product type's median
 ROBUST = 1.4826  # MAD to standard deviation, for normal data
 
@@ -529,8 +529,9 @@ def _quality_sql(where: str) -> tuple[str, str]:
     )
     profile = (
         "SELECT count(*) FROM (SELECT customer_id FROM "
-        f"{TABLE} WHERE {where} GROUP BY customer_id HAVING count(DISTINCT customer_segment) > 1 "
-        "OR count(DISTINCT customer_name) > 1 OR count(DISTINCT customer_email) > 1) AS c"
+        f"{TABLE} WHERE {where} GROUP BY customer_id HAVING "
+        + " OR ".join(f"min({c}) <> max({c})" for c in PROFILE)
+        + ") AS c"
     )
     return records, profile
 
