@@ -33,6 +33,7 @@ from tools.scans import (
     Slice,
     Stats,
     coupled,
+    fingerprint,
     tested,
 )
 
@@ -168,7 +169,7 @@ def _distinct_slices(scan: Scan) -> tuple[list[Slice], dict[int, tuple[str, ...]
 
     groups: dict[tuple[object, ...], list[Slice]] = {}
     for part in scan.slices:
-        key = (part.records, *(round(st.total, 6) for st in part.stats.values()))
+        key = (part.records, *(fingerprint(st) for st in part.stats.values()))
         groups.setdefault(key, []).append(part)
     kept, aliases = [], {}
     for same in groups.values():

@@ -133,6 +133,11 @@ class Stats:
         return Stats(self.n - other.n, self.total - other.total, self.squares - other.squares)
 
 
+def fingerprint(stats: Stats) -> tuple[int, str]:
+    """What two groupings of the same records agree on, whatever order they summed in."""
+    return stats.n, f"{stats.total:.9g}"
+
+
 @dataclass(frozen=True)
 class Slice:
     """One value of one dimension: its records and the statistics of each measure."""
@@ -463,9 +468,7 @@ def _kept(
         return [Slice(dim, v, n, s) for v, n, s in sorted(values)]
     # Ties in records are broken by the sums, so two columns that name the same records
     # keep the same values (and alias), whatever their labels' order.
-    values.sort(
-        key=lambda item: (-item[1], *(-round(st.total, 6) for st in item[2].values()), item[0])
-    )
+    values.sort(key=lambda item: (-item[1], *(fingerprint(st) for st in item[2].values()), item[0]))
     kept = [Slice(dim, v, n, s) for v, n, s in values[:TOP_VALUES]]
     rest = values[TOP_VALUES:]
     if rest:
