@@ -28,6 +28,7 @@ from tools.scans import (
     ACCEPTED,
     MISSING,
     OTHER,
+    Cell,
     Measure,
     Scan,
     Slice,
@@ -204,23 +205,41 @@ def find(scan: Scan, q: float = FDR_Q) -> list[Insight]:
     cells = _cells(scan, {(p.dimension.name, p.value) for p in slices})
     if not tried and not shifts and not cells:
         return []
-    ps = [p for _, _, p, _ in tried] + [s.p for s in (*shifts, *cells)]
+    ps = [p for _, _, p, _ in tried] + [s.p for s in shifts] + [i.p for i, _ in cells]
     qs = [float(x) for x in sps.false_discovery_control(ps, method="bh")]
-    found = [
-        dataclasses.replace(other, q=q_value)
-        for other, q_value in zip((*shifts, *cells), qs[len(tried) :], strict=True)
+    # The largest p value the family kept: a re-test below must clear the same bar.
+    cut = max((p for p, q_value in zip(ps, qs, strict=True) if q_value <= q), default=0.0)
+    kept = [
+        (dataclasses.replace(insight, q=q_value), cell)
+        for (insight, cell), q_value in zip(cells, qs[len(tried) + len(shifts) :], strict=True)
         if q_value <= q
-        and _large_enough(_measure(scan, other.measure), other.gap, other.standardized)
+        and _large_enough(_measure(scan, insight.measure), insight.gap, insight.standardized)
     ]
-    explained = [i for i in found if i.kind == "cell"]
-    for (measure, part, p, standardized), q_value in zip(tried, qs[: len(tried)], strict=True):
+    told_cells = _accept_cells(kept, scan, cut)
+    found = [
+        dataclasses.replace(shift, q=q_value)
+        for shift, q_value in zip(shifts, qs[len(tried) : len(tried) + len(shifts)], strict=True)
+        if q_value <= q
+        and _large_enough(_measure(scan, shift.measure), shift.gap, shift.standardized)
+    ] + [insight for insight, _ in told_cells]
+    taken: dict[tuple[str, str], list[Slice]] = {}  # (dimension, measure) -> slices told
+    ranked = sorted(
+        zip(tried, qs[: len(tried)], strict=True),
+        key=lambda item: -item[0][1].stats[item[0][0].name].n * abs(item[0][3]),
+    )
+    for (measure, part, p, standardized), q_value in ranked:
         inside = part.stats[measure.name]
         rest = scan.totals[measure.name] - inside
         gap = inside.mean - rest.mean
         if q_value > q or not _large_enough(measure, gap, standardized):
             continue
-        if _explained_by_a_cell(part, measure, inside, gap, explained):
+        measured = [c for i, c in told_cells if i.measure == measure.name]
+        if _explained_by_cells(measure, part, scan, measured, cut):
             continue
+        told = taken.setdefault((part.dimension.name, measure.name), [])
+        if not _departs_from_the_others(measure, part, told, measured, scan, cut):
+            continue  # it differs from the rest only because what was told does
+        told.append(part)
         found.append(
             _insight(
                 "slice", measure, (part.dimension.name, part.dimension.label, part.value),
@@ -232,8 +251,62 @@ def find(scan: Scan, q: float = FDR_Q) -> list[Insight]:
     return found
 
 
-def _cells(scan: Scan, kept: set[tuple[str, str]]) -> list[Insight]:
-    """Each cell against what its two margins predict (additively); q set with the family."""
+def _departs_from_the_others(
+    measure: Measure, part: Slice, told: list[Slice], cells: list[Cell], scan: Scan, cut: float
+) -> bool:
+    """Whether a slice still departs once what was told before is left out of the rest.
+
+    When one value of a dimension (or one cell in it) is far off, every other value
+    differs from a rest that holds it; a slice is told only if it differs from the rest
+    without the values and cells of its dimension told already.
+    """
+    left_out: list[Slice | Cell] = list(told)
+    for c in cells:  # cells of this dimension outside the slice and the values told
+        for dim, value in ((c.first, c.first_value), (c.second, c.second_value)):
+            if dim is part.dimension and value != part.value:
+                if all(value != s.value for s in told):
+                    left_out.append(c)
+    if not left_out:
+        return True
+    key = tested(measure)
+    others = scan.totals[key] - part.stats[key]
+    others_raw = scan.totals[measure.name] - part.stats[measure.name]
+    for earlier in left_out:
+        others, others_raw = others - earlier.stats[key], others_raw - earlier.stats[measure.name]
+    result = _compare(measure, part.stats[key], others)
+    if result is None:
+        return False
+    p, standardized = result
+    gap = part.stats[measure.name].mean - others_raw.mean
+    return p <= cut and _large_enough(measure, gap, standardized)
+
+
+def _cell_test(
+    measure: Measure, inside: Stats, a: Stats, b: Stats, total: Stats
+) -> tuple[float, float, float] | None:
+    """(p, standardized gap, prediction) of a cell against its margins `a`, `b` in `total`.
+
+    The prediction is additive (a + b - total, in means) and estimated too: its margins'
+    noise counts with the cell's.
+    """
+    if inside.n < MIN_GROUP or a.n < MIN_GROUP or b.n < MIN_GROUP or total.n < 2:
+        return None
+    expected = a.mean + b.mean - total.mean
+    if measure.kind == "share":
+        e = min(max(expected, 1e-6), 1 - 1e-6)
+        spread = math.sqrt(total.mean * (1 - total.mean))
+        noise = e * (1 - e) / inside.n + _share_var(a) + _share_var(b)
+    else:
+        spread = math.sqrt(total.variance)
+        noise = inside.variance / inside.n + a.variance / a.n + b.variance / b.n
+    if noise <= 0 or spread <= 0:
+        return None
+    z = (inside.mean - expected) / math.sqrt(noise)
+    return float(2 * sps.norm.sf(abs(z))), (inside.mean - expected) / spread, expected
+
+
+def _cells(scan: Scan, kept: set[tuple[str, str]]) -> list[tuple[Insight, Cell]]:
+    """Each cell against what its two margins predict; q is set with the family."""
     by_slice = {(p.dimension.name, p.value): p for p in scan.slices}
     out = []
     for cell in scan.cells:
@@ -250,65 +323,97 @@ def _cells(scan: Scan, kept: set[tuple[str, str]]) -> list[Insight]:
             ):
                 continue
             key = tested(measure)  # tested on this scale; told on the measure's own
+            result = _cell_test(
+                measure, cell.stats[key], by_slice[first].stats[key],
+                by_slice[second].stats[key], scan.totals[key],
+            )  # fmt: skip
+            if result is None:
+                continue
+            p, standardized, _ = result
             raw = cell.stats[measure.name]
             expected_raw = (
                 by_slice[first].stats[measure.name].mean
                 + by_slice[second].stats[measure.name].mean
                 - scan.totals[measure.name].mean
             )
-            inside, total = cell.stats[key], scan.totals[key]
-            a, b = by_slice[first].stats[key], by_slice[second].stats[key]
-            if inside.n < MIN_GROUP or not a.n or not b.n or total.n < 2:
-                continue
-            expected = a.mean + b.mean - total.mean
-            # The prediction is estimated too: its margins' noise counts with the cell's.
-            if measure.kind == "share":
-                e = min(max(expected, 1e-6), 1 - 1e-6)
-                spread = math.sqrt(total.mean * (1 - total.mean))
-                noise = e * (1 - e) / inside.n + _share_var(a) + _share_var(b)
-            else:
-                spread = math.sqrt(total.variance)
-                noise = inside.variance / inside.n + a.variance / a.n + b.variance / b.n
-            se = math.sqrt(noise)
-            if se <= 0 or spread <= 0:
-                continue
-            z = (inside.mean - expected) / se
             money = abs(raw.mean - expected_raw) * raw.n if measure.unit == "money" else None
-            out.append(
-                _insight(
-                    "cell", measure, (cell.first.name, cell.first.label, cell.first_value),
-                    raw, total.n - inside.n, expected_raw, float(2 * sps.norm.sf(abs(z))),
-                    (inside.mean - expected) / spread, money,
-                    second_dimension=cell.second.name, second_label=cell.second.label,
-                    second_value=cell.second_value,
-                )
+            insight = _insight(
+                "cell", measure, (cell.first.name, cell.first.label, cell.first_value), raw,
+                scan.totals[key].n - raw.n, expected_raw, p, standardized, money,
+                second_dimension=cell.second.name, second_label=cell.second.label,
+                second_value=cell.second_value,
             )  # fmt: skip
+            out.append((insight, cell))
     return out
+
+
+def _accept_cells(
+    candidates: list[tuple[Insight, Cell]], scan: Scan, cut: float
+) -> list[tuple[Insight, Cell]]:
+    """The cells to tell, strongest first, each re-tested without the ones told before.
+
+    An effect in one cell also moves its row's and column's margins, so the other cells
+    of that row and column depart from a prediction made with them; each is told only if
+    it departs from margins that leave out the cells already told.
+    """
+    by_slice = {(p.dimension.name, p.value): p for p in scan.slices}
+    accepted: list[tuple[Insight, Cell]] = []
+    for insight, cell in sorted(candidates, key=lambda item: -item[0].impact):
+        measure = _measure(scan, insight.measure)
+        key = tested(measure)
+        told = [
+            c for i, c in accepted
+            if i.measure == insight.measure and (c.first, c.second) == (cell.first, cell.second)
+        ]  # fmt: skip
+        if told:
+            a = by_slice[(cell.first.name, cell.first_value)].stats[key]
+            b = by_slice[(cell.second.name, cell.second_value)].stats[key]
+            total = scan.totals[key]
+            for c in told:
+                total = total - c.stats[key]
+                if c.first_value == cell.first_value:
+                    a = a - c.stats[key]
+                if c.second_value == cell.second_value:
+                    b = b - c.stats[key]
+            result = _cell_test(measure, cell.stats[key], a, b, total)
+            if result is None or result[0] > cut:
+                continue
+            if not _large_enough(measure, insight.gap, result[1]):
+                continue
+        accepted.append((insight, cell))
+    return accepted
 
 
 def _share_var(part: Stats) -> float:
     return part.mean * (1 - part.mean) / part.n
 
 
-def _explained_by_a_cell(
-    part: Slice, measure: Measure, inside: Stats, gap: float, cells: list[Insight]
+def _explained_by_cells(
+    measure: Measure, part: Slice, scan: Scan, cells: list[Cell], cut: float
 ) -> bool:
-    """Whether one of the slice's cells departs by more than half the slice's own excess.
+    """Whether a slice departs only through cells told already: without them it does not.
 
     An effect that lives in one cell raises its two margins too; it is told as the cell.
     """
-    excess = gap * inside.n
-    for cell in cells:
-        if cell.measure != measure.name:
-            continue
-        if (part.dimension.name, part.value) not in (
-            (cell.dimension, cell.value),
-            (cell.second_dimension, cell.second_value),
-        ):
-            continue
-        if excess and (cell.value_in - cell.value_rest) * cell.n / excess > 0.5:
-            return True
-    return False
+    inside = [
+        c for c in cells
+        if (part.dimension, part.value) in ((c.first, c.first_value), (c.second, c.second_value))
+    ]  # fmt: skip
+    if not inside:
+        return False
+    key = tested(measure)
+    left, left_raw = part.stats[key], part.stats[measure.name]
+    for c in inside:
+        left, left_raw = left - c.stats[key], left_raw - c.stats[measure.name]
+    rest, rest_raw = (
+        scan.totals[key] - part.stats[key],
+        scan.totals[measure.name] - part.stats[measure.name],
+    )
+    result = _compare(measure, left, rest)
+    if result is None:
+        return True
+    p, standardized = result
+    return p > cut or not _large_enough(measure, left_raw.mean - rest_raw.mean, standardized)
 
 
 def _measure(scan: Scan, name: str) -> Measure:
