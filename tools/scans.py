@@ -530,11 +530,11 @@ def _quality_sql(where: str) -> tuple[str, str]:
         "count(DISTINCT customer_id) AS customers "
         f"FROM {TABLE} WHERE {where}"
     )
+    # One number a profile: its hash differs where any of its fields does.
     profile = (
-        "SELECT count(*) FROM (SELECT customer_id FROM "
-        f"{TABLE} WHERE {where} GROUP BY customer_id HAVING "
-        + " OR ".join(f"min({c}) <> max({c})" for c in PROFILE)
-        + ") AS c"
+        "SELECT count(*) FROM (SELECT customer_id, min(h) <> max(h) AS split FROM "
+        f"(SELECT customer_id, hash({', '.join(PROFILE)}) AS h FROM {TABLE} WHERE {where}) "
+        "AS p GROUP BY customer_id) AS c WHERE split"
     )
     return records, profile
 
