@@ -510,12 +510,18 @@ class Quality:
     sql: tuple[str, ...]
 
 
+def _not_finite(column: str) -> str:
+    """NaN or infinite, in words both DuckDB and Spark SQL know (Spark has no isfinite)."""
+    x = f"CAST({column} AS DOUBLE)"
+    return f"(isnan({x}) OR abs({x}) = CAST('Infinity' AS DOUBLE))"
+
+
 def _quality_sql(where: str) -> tuple[str, str]:
     checks = []
     for c in COLUMNS:
         if c.type not in ("double", "bigint"):
             continue
-        bad = [f"{c.name} IS NOT NULL AND NOT isfinite(CAST({c.name} AS DOUBLE))"]
+        bad = [_not_finite(c.name)]
         if c.low is not None:
             bad.append(f"{c.name} < {c.low}")
         if c.high is not None:
@@ -544,7 +550,7 @@ def _outliers_sql(where: str) -> str:
     return f"""
 WITH sales AS (
   SELECT product_type, {SALE} AS sale FROM {TABLE}
-  WHERE {where} AND {STATUS} = :accepted AND {SALE} > 0 AND isfinite({SALE})
+  WHERE {where} AND {STATUS} = :accepted AND {SALE} > 0 AND NOT {_not_finite(SALE)}
 ), centre AS (
   SELECT product_type, median(sale) AS med FROM sales GROUP BY product_type
 ), spread AS (

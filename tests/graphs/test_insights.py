@@ -214,6 +214,14 @@ def test_data_problems_are_counted_before_any_total(large_path: Path, tmp_path: 
         f"IN (SELECT record_id {accepted} AND product_type = 'Credit Card' "
         "AND product_sales_amount > 0 ORDER BY record_id LIMIT 4)"
     )
+    con.execute(
+        f"UPDATE {TABLE} SET account_balance = CAST('NaN' AS DOUBLE) WHERE record_id IN "
+        f"(SELECT record_id FROM {TABLE} ORDER BY record_id LIMIT 2)"
+    )
+    con.execute(
+        f"UPDATE {TABLE} SET customer_churn_probability = 1.5 WHERE record_id IN "
+        f"(SELECT record_id FROM {TABLE} ORDER BY record_id DESC LIMIT 3)"
+    )
     con.close()
     truth = sql(
         path,
@@ -243,7 +251,7 @@ def test_data_problems_are_counted_before_any_total(large_path: Path, tmp_path: 
     assert found.sales_total == pytest.approx(truth[3])
     count, amount = found.outliers_by_type["Credit Card"]
     assert count >= 4 and amount >= planted * (1 - 1e-9)
-    assert found.out_of_range == {}
+    assert found.out_of_range == {"account_balance": 2, "customer_churn_probability": 3}
 
 
 def test_a_break_in_a_monthly_series_is_found_at_its_month(null_table: Path) -> None:
