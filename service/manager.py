@@ -420,10 +420,10 @@ class RunManager:
         def answered(done: concurrent.futures.Future[str]) -> None:  # on the writer's thread
             loop.call_soon_threadsafe(self._trace_answered, run_id, done)
 
+        waiting = asyncio.wrap_future(answer)
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(answer)),
-                0 if self._traces_late else TRACE_ID_WAIT_S,
+            trace_id = await asyncio.wait_for(
+                asyncio.shield(waiting), 0 if self._traces_late else TRACE_ID_WAIT_S
             )
         except TraceWriteError as e:  # the run stands; its trace is lost
             log.warning("the trace of run %s was not written: %s", run_id, e)
@@ -431,10 +431,12 @@ class RunManager:
             return ""
         except TimeoutError:
             self._traces_late = True
+            # The late answer is handled by `answered`; here it is only collected.
+            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
             answer.add_done_callback(answered)
             return ""
-        else:
-            self._traces_late = False
+        self._traces_late = False
+        return trace_id
 
     def _trace_answered(self, run_id: str, answer: concurrent.futures.Future[str]) -> None:
         """A late answer of the writer: record the run's trace id, or why it has none."""
