@@ -348,7 +348,7 @@ def cmd_insights(args: argparse.Namespace) -> int:
     for rank, i in enumerate(shown, start=1):
         money = f"  worth ${i.money:,.0f}" if i.money else ""
         _out(
-            f"{rank:>3}. {_where(i)}: {i.measure_label} {_measured(i.value_in, i.unit)} "
+            f"{rank:>3}. {_where(i)}: {clip(i.measure_label, 60)} {_measured(i.value_in, i.unit)} "
             f"against {_measured(i.value_rest, i.unit)} "
             f"({'predicted' if i.kind == 'cell' else 'before' if i.kind == 'shift' else 'the rest'}"
             f"), n = {i.n:,}, q = {i.q:.1g}{money}"
