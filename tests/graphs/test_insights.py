@@ -15,9 +15,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from evals.planted import shuffle
 from graphs.insights import MIN_GROUP, Insight, find
 from tools.scans import OTHER, TOP_VALUES, scan
-from tools.schema import COLUMN_NAMES, TABLE
+from tools.schema import TABLE
 from tools.warehouse import DuckDBWarehouse
 
 
@@ -26,16 +27,7 @@ def shuffled(seeded: Path, to: Path, salt: int) -> None:
     shutil.copy(seeded, to)
     con = duckdb.connect(str(to))
     try:
-        parts = [
-            f"(SELECT {c}, row_number() OVER (ORDER BY hash(record_id || '{salt}-{i}')) AS k "
-            f"FROM {TABLE}) AS t{i}"
-            for i, c in enumerate(COLUMN_NAMES)
-        ]
-        joins = " ".join(f"JOIN {p} USING (k)" for p in parts[1:])
-        select = ", ".join(f"t{i}.{c}" for i, c in enumerate(COLUMN_NAMES))
-        con.execute(f"CREATE TEMP TABLE mixed AS SELECT {select} FROM {parts[0]} {joins}")
-        con.execute(f"DELETE FROM {TABLE}")
-        con.execute(f"INSERT INTO {TABLE} SELECT * FROM mixed")
+        shuffle(con, salt)
     finally:
         con.close()
 
