@@ -24,6 +24,7 @@ from typing import Any
 
 from scipy import stats as sps
 
+from graphs.detectors import z_two_proportions
 from tools.scans import (
     ACCEPTED,
     MISSING,
@@ -124,7 +125,7 @@ def _compare(measure: Measure, inside: Stats, rest: Stats) -> tuple[float, float
         spread = pooled * (1 - pooled)
         if spread <= 0:
             return None
-        z = (m1 - m2) / math.sqrt(spread * (1 / inside.n + 1 / rest.n))
+        z = z_two_proportions(inside.total, inside.n, rest.total, rest.n)
         return float(2 * sps.norm.sf(abs(z))), (m1 - m2) / math.sqrt(spread)
     v1, v2 = inside.variance, rest.variance
     if v1 + v2 <= 0:

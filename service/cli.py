@@ -268,10 +268,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _measured(value: float, unit: str) -> str:
+    from graphs.detectors import money, pct
+
     if unit == "share":
-        return f"{value:.1%}"
+        return pct(value)
     if unit == "money":
-        return f"${value:,.0f}"
+        return money(value)
     return f"{value:,.3g}"
 
 
