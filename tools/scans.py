@@ -355,10 +355,10 @@ def _stats_sql(
 ) -> tuple[str, dict[str, Any]]:
     based = _based(dims)
     direct = [i for i in range(len(dims)) if i not in based]
-    values = [f"CAST({m.value_sql} AS DOUBLE) AS v{j}" for j, m in enumerate(measures)]
-    values += [
-        f"CAST({m.tested_sql} AS DOUBLE) AS w{j}" for j, m in enumerate(measures) if m.skewed
-    ]
+    # A value that is not finite is a data problem (`quality` counts it), not a number
+    # to average: it would make every mean and test it enters NaN.
+    values = [f"{_finite(m.value_sql)} AS v{j}" for j, m in enumerate(measures)]
+    values += [f"{_finite(m.tested_sql)} AS w{j}" for j, m in enumerate(measures) if m.skewed]
     sums: list[tuple[str, str]] = [("records", "count(*)")]  # (name, aggregate of records)
     for j, m in enumerate(measures):
         sums += [(f"n{j}", f"count(v{j})"), (f"s{j}", f"sum(v{j})")]
@@ -514,6 +514,11 @@ def _not_finite(column: str) -> str:
     """NaN or infinite, in words both DuckDB and Spark SQL know (Spark has no isfinite)."""
     x = f"CAST({column} AS DOUBLE)"
     return f"(isnan({x}) OR abs({x}) = CAST('Infinity' AS DOUBLE))"
+
+
+def _finite(expr: str) -> str:
+    """`expr` as a double, NULL where it is NaN or infinite."""
+    return f"CASE WHEN {_not_finite(f'({expr})')} THEN NULL ELSE CAST(({expr}) AS DOUBLE) END"
 
 
 def _quality_sql(where: str) -> tuple[str, str]:

@@ -319,3 +319,29 @@ def test_statuses_that_read_alike_are_measured_apart() -> None:
     names = [m.name for m in measures_for(["In Progress", "in-progress", "Accepted"])]
     assert names[:3] == ["share_in_progress", "share_in_progress_1", "share_accepted"]
     assert len(set(names)) == len(names)
+
+
+def test_values_that_are_not_finite_are_counted_not_averaged(generated: Path) -> None:
+    """Was ValueError from the FDR control: one NaN balance made every p value NaN."""
+    con = duckdb.connect(str(generated))
+    con.execute(
+        f"UPDATE {TABLE} SET account_balance = CAST('NaN' AS DOUBLE) WHERE record_id IN "
+        f"(SELECT record_id FROM {TABLE} ORDER BY record_id LIMIT 3)"
+    )
+    con.execute(
+        f"UPDATE {TABLE} SET customer_transaction_value = CAST('Infinity' AS DOUBLE) "
+        f"WHERE record_id IN (SELECT record_id FROM {TABLE} ORDER BY record_id DESC LIMIT 1)"
+    )
+    con.close()
+    ((balance,),) = sql(
+        generated, f"SELECT avg(account_balance) FILTER (WHERE NOT isnan(account_balance)) "
+        f"FROM {TABLE}",
+    )  # fmt: skip
+    wh = DuckDBWarehouse(generated, result_cache=0)
+    try:
+        found = scan(wh)
+        assert find(found)
+    finally:
+        wh.close()
+    assert found.totals["mean_account_balance"].mean == pytest.approx(balance)
+    assert found.totals["mean_account_balance"].n == found.records - 3
