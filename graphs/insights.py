@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from scipy import stats as sps
 
 from graphs.detectors import z_two_proportions
@@ -282,24 +283,101 @@ def _departs_from_the_others(
     return p <= cut and _large_enough(measure, gap, standardized)
 
 
-def _cell_test(
-    measure: Measure, inside: Stats, a: Stats, b: Stats, total: Stats
-) -> tuple[float, float, float] | None:
-    """(p, standardized gap, prediction) of a cell against its margins `a`, `b` in `total`.
+Pair = tuple[str, str]  # the names of a cell's two dimensions
 
-    The prediction is additive (a + b - total, in means) and estimated too: its margins'
-    noise counts with the cell's.
+
+def _pairs(scan: Scan) -> dict[Pair, list[Cell]]:
+    out: dict[Pair, list[Cell]] = {}
+    for cell in scan.cells:
+        out.setdefault((cell.first.name, cell.second.name), []).append(cell)
+    return out
+
+
+def _fit(cells: list[Cell], key: str, left_out: Sequence[Cell] = ()) -> dict[int, float]:
+    """The additive fit of a pair's cells: overall + a row effect + a column effect.
+
+    Weighted least squares over the cells' means (weights: their records), so two
+    columns whose values go together (most "Inactive" customers use a product only
+    "Occasional"ly) are fitted jointly: margins alone would count their shared effect
+    twice. Returns, by `id` of each cell the fit can predict, the value it predicts.
+    `left_out` cells are not fitted (what was told already), but are predicted.
     """
-    if inside.n < MIN_GROUP or a.n < MIN_GROUP or b.n < MIN_GROUP or total.n < 2:
+    skip = {id(c) for c in left_out}
+    rows = sorted({c.first_value for c in cells})
+    cols = sorted({c.second_value for c in cells})
+    at_row, at_col = {v: i for i, v in enumerate(rows)}, {v: i for i, v in enumerate(cols)}
+    width = 1 + len(rows) - 1 + len(cols) - 1
+
+    def design(c: Cell) -> np.ndarray:
+        x = np.zeros(width)
+        x[0] = 1.0
+        if at_row[c.first_value]:
+            x[at_row[c.first_value]] = 1.0
+        if at_col[c.second_value]:
+            x[len(rows) - 1 + at_col[c.second_value]] = 1.0
+        return x
+
+    fitted = [c for c in cells if id(c) not in skip and c.stats[key].n]
+    if len(fitted) < 2:
+        return {}
+    weights = np.sqrt([c.stats[key].n for c in fitted])
+    x = np.array([design(c) for c in fitted])
+    y = np.array([c.stats[key].mean for c in fitted])
+    beta, *_ = np.linalg.lstsq(x * weights[:, None], y * weights, rcond=None)
+    seen_rows = {c.first_value for c in fitted}
+    seen_cols = {c.second_value for c in fitted}
+    return {
+        id(c): float(design(c) @ beta)
+        for c in cells
+        if c.first_value in seen_rows and c.second_value in seen_cols
+    }
+
+
+def _margins(
+    cells: list[Cell], cell: Cell, key: str, left_out: Sequence[Cell]
+) -> tuple[Stats, Stats, Stats]:
+    """The fitted records of the cell's row, of its column, and of the whole pair."""
+    skip = {id(c) for c in left_out}
+    empty = Stats(0, 0.0, 0.0)
+    row, col, total = empty, empty, empty
+    for c in cells:
+        if id(c) in skip:
+            continue
+        total = total + c.stats[key]
+        if c.first_value == cell.first_value:
+            row = row + c.stats[key]
+        if c.second_value == cell.second_value:
+            col = col + c.stats[key]
+    return row, col, total
+
+
+def _cell_test(
+    measure: Measure,
+    cells: list[Cell],
+    cell: Cell,
+    key: str,
+    left_out: Sequence[Cell] = (),
+    fit: dict[int, float] | None = None,
+) -> tuple[float, float, float] | None:
+    """(p, standardized gap, prediction) of a cell against the additive fit of its pair.
+
+    The prediction is estimated too: the noise of its row and column counts with the
+    cell's own. `fit`: the pair's fit on `key` without `left_out`, if made already.
+    """
+    inside = cell.stats[key]
+    row, col, total = _margins(cells, cell, key, [c for c in left_out if c is not cell])
+    if inside.n < MIN_GROUP or row.n < MIN_GROUP or col.n < MIN_GROUP or total.n < 2:
         return None
-    expected = a.mean + b.mean - total.mean
+    expected = (fit if fit is not None else _fit(cells, key, left_out)).get(id(cell))
+    if expected is None:
+        return None
     if measure.kind == "share":
         e = min(max(expected, 1e-6), 1 - 1e-6)
         spread = math.sqrt(total.mean * (1 - total.mean))
-        noise = e * (1 - e) / inside.n + _share_var(a) + _share_var(b)
+        noise = e * (1 - e) / inside.n + _share_var(row) + _share_var(col)
     else:
         spread = math.sqrt(total.variance)
-        noise = inside.variance / inside.n + a.variance / a.n + b.variance / b.n
+        noise = inside.variance / inside.n + row.variance / row.n + col.variance / col.n
     if noise <= 0 or spread <= 0:
         return None
     z = (inside.mean - expected) / math.sqrt(noise)
@@ -307,44 +385,44 @@ def _cell_test(
 
 
 def _cells(scan: Scan, kept: set[tuple[str, str]]) -> list[tuple[Insight, Cell]]:
-    """Each cell against what its two margins predict; q is set with the family."""
+    """Each cell against the additive fit of its pair; q is set with the family."""
     by_slice = {(p.dimension.name, p.value): p for p in scan.slices}
     out = []
-    for cell in scan.cells:
-        first = (cell.first.name, cell.first_value)
-        second = (cell.second.name, cell.second_value)
-        if first not in kept or second not in kept:
-            continue  # told under another name
-        if cell.records in (by_slice[first].records, by_slice[second].records):
-            continue  # one value implies the other: the cell is a margin
+    for pair in _pairs(scan).values():
+        first, second = pair[0].first, pair[0].second
         for measure in scan.measures:
             if any(
-                c in coupled(cell.first.column) or c in coupled(cell.second.column)
-                for c in measure.columns
+                c in coupled(first.column) or c in coupled(second.column) for c in measure.columns
             ):
                 continue
             key = tested(measure)  # tested on this scale; told on the measure's own
-            result = _cell_test(
-                measure, cell.stats[key], by_slice[first].stats[key],
-                by_slice[second].stats[key], scan.totals[key],
-            )  # fmt: skip
-            if result is None:
-                continue
-            p, standardized, _ = result
-            raw = cell.stats[measure.name]
-            expected_raw = (
-                by_slice[first].stats[measure.name].mean
-                + by_slice[second].stats[measure.name].mean
-                - scan.totals[measure.name].mean
-            )
-            money = abs(raw.mean - expected_raw) * raw.n if measure.unit == "money" else None
-            insight = _insight(
-                "cell", measure, (cell.first.name, cell.first.label, cell.first_value), raw,
-                scan.totals[key].n - raw.n, expected_raw, p, standardized, money,
-                second_dimension=cell.second.name, second_label=cell.second.label,
-                second_value=cell.second_value,
-            )  # fmt: skip
-            out.append((insight, cell))
+            raw_fit, fit = _fit(pair, measure.name), _fit(pair, key)
+            for cell in pair:
+                if (first.name, cell.first_value) not in kept or (
+                    second.name,
+                    cell.second_value,
+                ) not in kept:
+                    continue  # told under another name
+                records = (
+                    by_slice[(first.name, cell.first_value)].records,
+                    by_slice[(second.name, cell.second_value)].records,
+                )
+                if cell.records in records:
+                    continue  # one value implies the other: the cell is a margin
+                result = _cell_test(measure, pair, cell, key, fit=fit)
+                if result is None or id(cell) not in raw_fit:
+                    continue
+                p, standardized, _ = result
+                raw = cell.stats[measure.name]
+                expected_raw = raw_fit[id(cell)]
+                money = abs(raw.mean - expected_raw) * raw.n if measure.unit == "money" else None
+                insight = _insight(
+                    "cell", measure, (first.name, first.label, cell.first_value), raw,
+                    scan.totals[key].n - raw.n, expected_raw, p, standardized, money,
+                    second_dimension=second.name, second_label=second.label,
+                    second_value=cell.second_value,
+                )  # fmt: skip
+                out.append((insight, cell))
     return out
 
 
@@ -353,30 +431,21 @@ def _accept_cells(
 ) -> list[tuple[Insight, Cell]]:
     """The cells to tell, strongest first, each re-tested without the ones told before.
 
-    An effect in one cell also moves its row's and column's margins, so the other cells
-    of that row and column depart from a prediction made with them; each is told only if
-    it departs from margins that leave out the cells already told.
+    An effect in one cell also moves its row's and column's effects in the fit, so the
+    other cells of that row and column depart from it; each is told only if it departs
+    from a fit that leaves out the cells already told.
     """
-    by_slice = {(p.dimension.name, p.value): p for p in scan.slices}
+    pairs = _pairs(scan)
     accepted: list[tuple[Insight, Cell]] = []
     for insight, cell in sorted(candidates, key=lambda item: -item[0].impact):
         measure = _measure(scan, insight.measure)
-        key = tested(measure)
         told = [
             c for i, c in accepted
             if i.measure == insight.measure and (c.first, c.second) == (cell.first, cell.second)
         ]  # fmt: skip
         if told:
-            a = by_slice[(cell.first.name, cell.first_value)].stats[key]
-            b = by_slice[(cell.second.name, cell.second_value)].stats[key]
-            total = scan.totals[key]
-            for c in told:
-                total = total - c.stats[key]
-                if c.first_value == cell.first_value:
-                    a = a - c.stats[key]
-                if c.second_value == cell.second_value:
-                    b = b - c.stats[key]
-            result = _cell_test(measure, cell.stats[key], a, b, total)
+            pair = pairs[(cell.first.name, cell.second.name)]
+            result = _cell_test(measure, pair, cell, tested(measure), told)
             if result is None or result[0] > cut:
                 continue
             if not _large_enough(measure, insight.gap, result[1]):

@@ -345,3 +345,22 @@ def test_values_that_are_not_finite_are_counted_not_averaged(generated: Path) ->
         wh.close()
     assert found.totals["mean_account_balance"].mean == pytest.approx(balance)
     assert found.totals["mean_account_balance"].n == found.records - 3
+
+
+def test_an_effect_of_one_value_is_not_told_as_a_cell_of_an_associated_column(
+    null_table: Path,
+) -> None:
+    """Was a cell: where most "Inactive" customers use the product "Occasional"ly, their
+    margins double-count one effect, so margins alone predicted far more churn than the
+    cell holds; a joint fit of the two columns' effects predicts it."""
+    con = duckdb.connect(str(null_table))
+    con.execute(
+        f"UPDATE {TABLE} SET customer_product_usage = 'Occasional' WHERE "
+        "customer_lifecycle_stage = 'Inactive' AND hash(record_id) % 10 < 8"
+    )
+    con.close()
+    inside, rest = _plant_churn(null_table, "customer_lifecycle_stage = ?", ["Inactive"])
+    found = [i for i in insights_of(null_table) if i.measure == "mean_customer_churn_probability"]
+    told = {(i.kind, i.dimension, i.value) for i in found}
+    assert ("slice", "customer_lifecycle_stage", "Inactive") in told, found
+    assert not [i for i in found if i.kind == "cell"], found
