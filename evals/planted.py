@@ -15,6 +15,7 @@ found is invented; a table with nothing planted must yield nothing.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -336,3 +337,77 @@ def score_insights(scenario: Scenario, truth: Truth | None, path: Path) -> Score
     hit = any(matches(truth, i) for i in found)
     invented = 0 if scenario.base != "null" else sum(1 for i in found if not about(truth, i))
     return Score(scenario.name, True, hit, invented, len(found))
+
+
+# -- a report against the truth ----------------------------------------------------------
+# The words a statement about a measure uses, as a banking manager would write them.
+MEASURE_WORDS: dict[str, tuple[str, ...]] = {
+    "share_accepted": ("accept",),
+    "mean_customer_churn_probability": ("churn",),
+    "mean_customer_satisfaction_score": ("satisf",),
+    "mean_recommendation_score": ("score",),
+    "mean_customer_product_affinity": ("affinity",),
+    "mean_account_balance": ("balance",),
+    "mean_customer_transaction_value": ("transaction value", "transaction amount"),
+    "mean_customer_transaction_count": ("transaction count", "transactions"),
+    "outliers": ("outlier", "outlying"),
+    "accepted_without_sale": ("without a sale", "no sale"),
+    "conflicting_customers": ("conflict", "disagree"),
+}
+OVERALL, OPTIMIZATION = "overall-performance", "optimization-opportunities"
+FINANCIAL, STRATEGIC = "financial-impact", "strategic-recommendations"
+ALL_AREAS = (OVERALL, OPTIMIZATION, FINANCIAL, STRATEGIC)
+# Which focus areas a pattern in a measure belongs in: performance, targeting, money and
+# strategy all read acceptance, churn and money; only the non-financial ones read
+# satisfaction, activity and the targeting scores. A data problem belongs in every one.
+BELONGS: dict[str, tuple[str, ...]] = {
+    "share_accepted": ALL_AREAS,
+    "mean_customer_churn_probability": ALL_AREAS,
+    "mean_account_balance": ALL_AREAS,
+    "mean_customer_transaction_value": ALL_AREAS,
+    "mean_customer_satisfaction_score": (OVERALL, OPTIMIZATION, STRATEGIC),
+    "mean_customer_transaction_count": (OVERALL, OPTIMIZATION, STRATEGIC),
+    "mean_customer_product_affinity": (OVERALL, OPTIMIZATION, STRATEGIC),
+    "mean_recommendation_score": (OVERALL, OPTIMIZATION, STRATEGIC),
+}
+NUMBER_TOLERANCE = 0.01  # relative: a statement may round the number it states
+_WRITTEN = re.compile(r"[-−]?\$?\d[\d,]*(?:\.\d+)?\s*%?")
+
+
+def belongs(truth: Truth) -> tuple[str, ...]:
+    """The focus areas whose reports should state the truth."""
+    return ALL_AREAS if truth.kind == "quality" else BELONGS.get(truth.measure, ALL_AREAS)
+
+
+def _readings(token: str) -> list[tuple[float, float]]:
+    """(value, rounding) readings of a written number: '12.3%' reads 12.3 and 0.123."""
+    text = token.replace("$", "").replace(",", "").replace("−", "-").strip()
+    percent = text.endswith("%")
+    text = text.rstrip("%").strip()
+    value = float(text)
+    rounding = 0.5 * 10 ** -(len(text.split(".")[1]) if "." in text else 0)
+    out = [(value, rounding)]
+    if percent:
+        out.append((value / 100, rounding / 100))
+    return out
+
+
+def states(truth: Truth, text: str) -> str | None:
+    """The line of `text` that states the truth, in any wording, or None.
+
+    A line states it when it names each value of the truth's entity, uses a word of its
+    measure, and writes a number within rounding (or NUMBER_TOLERANCE) of its value.
+    """
+    words = MEASURE_WORDS.get(truth.measure, (truth.measure,))
+    for line in text.replace("\\", "").splitlines():
+        low = line.lower()
+        if not all(value in line for _, value in truth.where):
+            continue
+        if not any(w in low for w in words):
+            continue
+        for match in _WRITTEN.finditer(line):
+            for value, rounding in _readings(match.group(0)):
+                slack = max(rounding, NUMBER_TOLERANCE * abs(truth.value))
+                if abs(value - truth.value) <= slack + 1e-12:
+                    return line.strip()
+    return None

@@ -1,10 +1,10 @@
 """Scorers of a focus-area run, as `mlflow.genai` scorers that need no LLM judge.
 
 Each reads the run's outputs (see `evals.runner.run_case`: the steps that ran, the
-material findings, the report's sections, grounding and usage, guard rejections, latency)
-and the scenario's expectations, and returns a `Feedback` whose rationale says what was
-wrong. The checks themselves are plain functions (`check_*`) so tests can call them on a
-deliberately broken run.
+report's text, the relationships it cites, its sections, grounding and usage, guard
+rejections, latency) and the scenario's expectations (`evals.scenarios.expectations`),
+and returns a `Feedback` whose rationale says what was wrong. The checks themselves are
+plain functions (`check_*`) so tests can call them on a deliberately broken run.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 from mlflow.entities import Feedback
 from mlflow.genai.scorers import scorer
+
+from evals.planted import states
+from evals.scenarios import truth_of
+
+# The kinds of finding that claim a relationship in the data (not a fact or a problem).
+RELATIONSHIPS = ("slice", "cell", "shift", "correlation")
 
 
 def check_steps(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
@@ -28,28 +34,38 @@ def check_steps(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[
     return 0.0, f"steps ran out of order: {' -> '.join(ran)}"
 
 
-def check_recall(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
-    """Share of the planted findings the report cites (1 when nothing is planted)."""
-    must = set(expectations["must_find"])
-    found = {f["kind"] for f in outputs.get("findings", [])}
-    if not must:
-        return 1.0, "nothing is planted for this area"
-    missed = sorted(must - found)
-    value = 1 - len(missed) / len(must)
-    return value, ("missed: " + ", ".join(missed)) if missed else f"found all {len(must)}"
+def check_found(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
+    """The report states the planted truth: its entity, its measure and its number."""
+    truth = truth_of(expectations)
+    if truth is None:
+        return 1.0, "nothing is planted"
+    line = states(truth, outputs.get("report", {}).get("text", ""))
+    entity = ", ".join(f"{c} = {v}" for c, v in truth.where) or "the whole table"
+    if line is None:
+        return 0.0, f"no statement of {truth.measure} {truth.value:.6g} for {entity}"
+    return 1.0, f"stated: {line[:300]}"
 
 
 def check_invented(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
-    """Share of the material findings the report cites that nothing planted explains."""
-    may = set(expectations["may_find"]) | set(expectations["must_find"])
-    material = [f["kind"] for f in outputs.get("findings", [])]
-    # Citing a finding that does not exist is inventing one.
-    material += [f"unknown finding {i}" for i in outputs.get("unknown_citations", [])]
-    if not material:
-        return 0.0, "no material findings reported"
-    invented = sorted({k for k in material if k not in may})
-    value = sum(1 for k in material if k not in may) / len(material)
-    return value, ("invented: " + ", ".join(invented)) if invented else "none invented"
+    """Relationships the report claims that nothing planted explains (a null base's).
+
+    On a base whose columns relate to nothing, a cited slice, cell, break or correlation
+    is invented unless it is about the planted entity. A cited finding that does not
+    exist is invented anywhere.
+    """
+    invented = [f"unknown finding {i}" for i in outputs.get("unknown_citations", [])]
+    if expectations.get("null_base"):
+        truth = truth_of(expectations)
+        planted = set(truth.where) if truth is not None else set()
+        for f in outputs.get("findings", []):
+            if f["kind"] not in RELATIONSHIPS:
+                continue
+            about = {(c, str(v)) for c, v in (f.get("labels") or {}).items()}
+            if not about & planted:
+                invented.append(f"{f['id']} {f.get('title', f['kind'])}")
+    if not invented:
+        return 0.0, "none invented"
+    return float(len(invented)), "invented: " + "; ".join(invented[:5])
 
 
 def check_grounding(outputs: dict[str, Any], expectations: dict[str, Any]) -> tuple[float, str]:
@@ -112,8 +128,8 @@ def _from_check(check: Any, name: str, worst: Literal["min", "max"]) -> Any:
 
 
 steps_in_order = _from_check(check_steps, "steps_in_order", "min")
-planted_recall = _from_check(check_recall, "planted_recall", "min")
-invented_rate = _from_check(check_invented, "invented_rate", "max")
+found = _from_check(check_found, "found", "min")
+invented = _from_check(check_invented, "invented", "max")
 grounding = _from_check(check_grounding, "grounding", "min")
 report_sections = _from_check(check_sections, "report_sections", "min")
 guard_respected = _from_check(check_guard, "guard_respected", "min")
@@ -144,8 +160,8 @@ def completion_tokens(outputs: Any) -> Feedback:
 
 SCORERS = [
     steps_in_order,
-    planted_recall,
-    invented_rate,
+    found,
+    invented,
     grounding,
     report_sections,
     guard_respected,

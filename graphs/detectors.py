@@ -1,9 +1,10 @@
-"""Deterministic detectors: turn Evidence rows into Findings.
+"""Deterministic detectors: the findings the insight engine does not make, from Evidence.
 
-A relationship is called out only when it is material (the effect passes a size
-threshold) and supported (each group has at least `MIN_GROUP` records and, for rates, a
-two-proportion z of at least `MIN_Z`). Descriptive findings state facts (totals, shares)
-and say so. Every number in a claim is in the finding's `numbers`, taken from the rows.
+The engine (`graphs.engine`) tells which groups depart; these tell the portfolio's facts
+(totals, the largest product by sales, value at risk, the cross-sell pool, the open
+backlog, an empty or small scope) and which numeric columns move together (a
+correlation is called out when |r| passes `MIN_CORRELATION` over at least 100 records).
+Every number in a claim is in the finding's `numbers`, taken from the rows.
 """
 
 from __future__ import annotations
@@ -16,15 +17,10 @@ from graphs.report import Finding
 from tools.text import quote
 
 MIN_GROUP = 30
-MIN_Z = 3.0
-MIN_RATE_GAP = 0.10
 MIN_CORRELATION = 0.3
-MIN_BALANCE_RATIO = 2.0
-MIN_CHURN_GAP = 0.10
 
 Ev = dict[str, Any]
 # The fields each kind of detector compares; rows missing any are left out.
-RATE = ("records", "accepted", "acceptance_rate")
 OVERVIEW = (
     "records",
     "acceptance_rate",
@@ -40,7 +36,6 @@ AT_RISK = (
     "high_risk_customers",
 )
 POOL = ("records", "pending", "in_progress", "declined", "potential_sales")
-BANDS = ("Low (<0.25)", "Moderate (0.25-0.50)", "High (0.50-0.75)", "Very high (>=0.75)")
 
 
 LABELS = {
@@ -103,137 +98,6 @@ def _strength(effect: float, strong: float) -> str:
     return "strong" if abs(effect) >= strong else "moderate"
 
 
-def band_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Finding]:
-    """Acceptance in the top band of `breakdown` against the bottom band."""
-    rows = {r[breakdown]: r for r in _rows(ev, breakdown, RATE)}
-    present = [b for b in BANDS if b in rows and rows[b]["records"] >= MIN_GROUP]
-    if len(present) < 2:
-        return []
-    lo, hi = rows[present[0]], rows[present[-1]]
-    gap = hi["acceptance_rate"] - lo["acceptance_rate"]
-    z = z_two_proportions(hi["accepted"], hi["records"], lo["accepted"], lo["records"])
-    if abs(gap) < MIN_RATE_GAP or abs(z) < MIN_Z:
-        return []
-    direction = "rises" if gap > 0 else "falls"
-    return [
-        Finding(
-            id="",
-            kind=kind,
-            title=f"Acceptance {direction} with {label}",
-            claim=(
-                f"{pct(hi['acceptance_rate'])} of recommendations with {label} "
-                f"{present[-1]} are accepted against {pct(lo['acceptance_rate'])} at "
-                f"{present[0]}, a gap of {pp(gap)}."
-            ),
-            numbers={
-                "rate_high": hi["acceptance_rate"],
-                "rate_low": lo["acceptance_rate"],
-                "gap": gap,
-                "records_high": hi["records"],
-                "records_low": lo["records"],
-            },
-            evidence_ids=[ev["id"]],
-            effect_size=round(100 * gap, 1),
-            effect_unit="pp",
-            sample_size=int(hi["records"] + lo["records"]),
-            strength=_strength(gap, 0.2),
-        )
-    ]
-
-
-def lagging_cells(ev: Ev, limit: int = 3) -> list[Finding]:
-    """Segment x product cells whose acceptance lags the rest of the portfolio."""
-    totals = _rows(ev, "segment", (*RATE, "avg_affinity"))
-    n_all = sum(r["records"] for r in totals)
-    k_all = sum(r["accepted"] for r in totals)
-    if not n_all:
-        return []
-    affinity_all = sum(r["avg_affinity"] * r["records"] for r in totals) / n_all
-    found = []
-    for r in _rows(ev, "segment_product", (*RATE, "avg_affinity")):
-        n, k = r["records"], r["accepted"]
-        n_rest, k_rest = n_all - n, k_all - k
-        if n < MIN_GROUP or n_rest < MIN_GROUP:
-            continue
-        rest_rate = k_rest / n_rest
-        gap = rest_rate - r["acceptance_rate"]
-        z = z_two_proportions(k_rest, n_rest, k, n)
-        # A cell that lags only because its customers like the product less is a
-        # targeting question, not an inefficiency of the offer: require similar affinity.
-        if gap >= MIN_RATE_GAP and z >= MIN_Z and r["avg_affinity"] >= affinity_all - 0.05:
-            found.append((z, r, rest_rate, gap))
-    found.sort(key=lambda t: -t[0])
-    return [
-        Finding(
-            id="",
-            kind="lagging_cell",
-            title=(
-                f"{quote(r['segment'])} customers offered {quote(r['product_type'])} rarely accept"
-            ),
-            claim=(
-                f"Only {pct(r['acceptance_rate'])} of {r['records']:,} {quote(r['product_type'])} "
-                f"recommendations to {quote(r['segment'])} customers are accepted, against "
-                f"{pct(rest_rate)} across all other recommendations ({pp(gap)} lower), although "
-                f"their average affinity ({r['avg_affinity']:.2f}) is in line with the "
-                f"portfolio ({affinity_all:.2f})."
-            ),
-            numbers={
-                "rate": r["acceptance_rate"],
-                "rest_rate": rest_rate,
-                "gap": gap,
-                "records": r["records"],
-                "avg_affinity": round(r["avg_affinity"], 2),
-                "portfolio_affinity": round(affinity_all, 2),
-            },
-            evidence_ids=[ev["id"]],
-            effect_size=round(100 * gap, 1),
-            effect_unit="pp",
-            sample_size=int(r["records"]),
-            strength=_strength(gap, 0.15),
-            labels={"segment": str(r["segment"]), "product_type": str(r["product_type"])},
-        )
-        for z, r, rest_rate, gap in found[:limit]
-    ]
-
-
-def group_acceptance(ev: Ev, breakdown: str, label: str, kind: str) -> list[Finding]:
-    """Best against worst group of `breakdown` (e.g. lifecycle stage) by acceptance."""
-    rows = [r for r in _rows(ev, breakdown, RATE) if r["records"] >= MIN_GROUP]
-    if len(rows) < 2:
-        return []
-    best = max(rows, key=lambda r: r["acceptance_rate"])
-    worst = min(rows, key=lambda r: r["acceptance_rate"])
-    gap = best["acceptance_rate"] - worst["acceptance_rate"]
-    z = z_two_proportions(best["accepted"], best["records"], worst["accepted"], worst["records"])
-    if gap < MIN_RATE_GAP or z < MIN_Z:
-        return []
-    return [
-        Finding(
-            id="",
-            kind=kind,
-            title=f"Acceptance differs by {label}",
-            claim=(
-                f"{quote(best[breakdown])} customers accept {pct(best['acceptance_rate'])} of "
-                f"recommendations, {quote(worst[breakdown])} customers "
-                f"{pct(worst['acceptance_rate'])} ({pp(gap)} apart)."
-            ),
-            numbers={
-                "rate_best": best["acceptance_rate"],
-                "rate_worst": worst["acceptance_rate"],
-                "gap": gap,
-                "records_best": best["records"],
-                "records_worst": worst["records"],
-            },
-            evidence_ids=[ev["id"]],
-            effect_size=round(100 * gap, 1),
-            effect_unit="pp",
-            sample_size=int(best["records"] + worst["records"]),
-            strength=_strength(gap, 0.2),
-            labels={"best": str(best[breakdown]), "worst": str(worst[breakdown])},
-        )
-    ]
-
-
 def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ()) -> list[Finding]:
     """Pairs of numeric columns that move together (|r| above the threshold)."""
     skip = set(exclude)
@@ -250,7 +114,8 @@ def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ())
         out.append(
             Finding(
                 id="",
-                kind=f"correlation:{min(a, b)}:{max(a, b)}",
+                kind="correlation",
+                measure=f"{min(a, b)}:{max(a, b)}",
                 title=f"{lb.capitalize()} {direction} with {la}",
                 claim=(
                     f"{lb.capitalize()} {direction} as {la} rises (r = {value:.2f} over "
@@ -267,89 +132,6 @@ def correlations(ev: Ev, limit: int = 4, exclude: Iterable[frozenset[str]] = ())
         if len(out) == limit:
             break
     return out
-
-
-def segment_balances(ev: Ev) -> list[Finding]:
-    """Spread of customers' median balances across segments (value_at_risk evidence)."""
-    rows = [
-        r
-        for r in _rows(ev, "segment", ("customers", "median_account_balance"))
-        if r["customers"] >= MIN_GROUP and r["median_account_balance"] > 0
-    ]
-    if len(rows) < 2:
-        return []
-    hi = max(rows, key=lambda r: r["median_account_balance"])
-    lo = min(rows, key=lambda r: r["median_account_balance"])
-    ratio = hi["median_account_balance"] / lo["median_account_balance"]
-    if ratio < MIN_BALANCE_RATIO:
-        return []
-    return [
-        Finding(
-            id="",
-            kind="segment_balance",
-            title="Balances depend strongly on segment",
-            claim=(
-                f"The median balance is {money(hi['median_account_balance'])} for "
-                f"{quote(hi['customer_segment'])} customers and "
-                f"{money(lo['median_account_balance'])} for {quote(lo['customer_segment'])} "
-                f"customers, {ratio:.1f}x apart."
-            ),
-            numbers={
-                "median_high": hi["median_account_balance"],
-                "median_low": lo["median_account_balance"],
-                "ratio": round(ratio, 1),
-            },
-            evidence_ids=[ev["id"]],
-            effect_size=round(ratio, 1),
-            effect_unit="x",
-            sample_size=int(hi["customers"] + lo["customers"]),
-            strength=_strength(ratio, 5.0),
-            labels={"high": str(hi["customer_segment"]), "low": str(lo["customer_segment"])},
-        )
-    ]
-
-
-def churn_by_stage(ev: Ev) -> list[Finding]:
-    """Lifecycle stage whose churn probability stands out from the portfolio."""
-    total = next(iter(_rows(ev, "total", ("avg_churn_probability",))), None)
-    stages = [
-        r
-        for r in _rows(
-            ev, "lifecycle_stage", ("customers", "avg_churn_probability", "balance_at_risk")
-        )
-        if r["customers"] >= MIN_GROUP
-    ]
-    if not total or not stages:
-        return []
-    worst = max(stages, key=lambda r: r["avg_churn_probability"])
-    gap = worst["avg_churn_probability"] - total["avg_churn_probability"]
-    if gap < MIN_CHURN_GAP:
-        return []
-    return [
-        Finding(
-            id="",
-            kind="churn_stage",
-            title=f"{quote(worst['customer_lifecycle_stage'])} customers are the churn risk",
-            claim=(
-                f"{quote(worst['customer_lifecycle_stage'])} customers average a churn probability "
-                f"of {pct(worst['avg_churn_probability'])} against "
-                f"{pct(total['avg_churn_probability'])} for all customers; they hold "
-                f"{money(worst['balance_at_risk'])} of churn-weighted balance."
-            ),
-            numbers={
-                "churn_stage": worst["avg_churn_probability"],
-                "churn_all": total["avg_churn_probability"],
-                "balance_at_risk": worst["balance_at_risk"],
-                "customers": worst["customers"],
-            },
-            evidence_ids=[ev["id"]],
-            effect_size=round(100 * gap, 1),
-            effect_unit="pp",
-            sample_size=int(worst["customers"]),
-            strength=_strength(gap, 0.2),
-            labels={"lifecycle_stage": str(worst["customer_lifecycle_stage"])},
-        )
-    ]
 
 
 def portfolio_overview(ev: Ev) -> list[Finding]:
@@ -524,42 +306,6 @@ def pipeline_backlog(ev: Ev) -> list[Finding]:
             numbers={"open": open_n, "total": total, "share": share},
             evidence_ids=[ev["id"]],
             sample_size=total,
-        )
-    ]
-
-
-def acceptance_trend(ev: Ev) -> list[Finding]:
-    """Change of acceptance between the first and second half of the period."""
-    rows = _rows(ev, need=("records", "accepted"))
-    if len(rows) < 4:
-        return []
-    half = len(rows) // 2
-    first, second = rows[:half], rows[half:]
-    n1, k1 = sum(r["records"] for r in first), sum(r["accepted"] for r in first)
-    n2, k2 = sum(r["records"] for r in second), sum(r["accepted"] for r in second)
-    if min(n1, n2) < MIN_GROUP:
-        return []
-    gap = k2 / n2 - k1 / n1
-    z = z_two_proportions(k2, n2, k1, n1)
-    if abs(gap) < 0.05 or abs(z) < MIN_Z:
-        return []
-    direction = "improved" if gap > 0 else "declined"
-    return [
-        Finding(
-            id="",
-            kind="acceptance_trend",
-            title=f"Acceptance has {direction}",
-            claim=(
-                f"Acceptance went from {pct(k1 / n1)} ({first[0]['month'][:7]} to "
-                f"{first[-1]['month'][:7]}) to {pct(k2 / n2)} ({second[0]['month'][:7]} to "
-                f"{second[-1]['month'][:7]})."
-            ),
-            numbers={"rate_before": k1 / n1, "rate_after": k2 / n2, "gap": gap},
-            evidence_ids=[ev["id"]],
-            effect_size=round(100 * gap, 1),
-            effect_unit="pp",
-            sample_size=n1 + n2,
-            strength=_strength(gap, 0.1),
         )
     ]
 

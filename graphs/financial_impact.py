@@ -9,17 +9,19 @@ from langgraph.runtime import Runtime
 from graphs import detectors as d
 from graphs.areas import FINANCIAL as AREA
 from graphs.context import Context
+from graphs.engine import INSIGHTS, QUALITY
 from graphs.state import State
 from graphs.steps import (
     analysis_node,
     area_step,
+    engine_detail,
     gather,
     kinds,
     linear_builder,
     load_overview,
-    number,
     overview_detail,
     report_node,
+    tell,
 )
 
 
@@ -27,10 +29,12 @@ from graphs.steps import (
 async def banking_financial_data_integration(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Load the financial KPIs for the run's scope."""
+    """Load the financial KPIs; scan the scope for insights and data problems."""
     k, update, _ = await load_overview(state, runtime, AREA)
     return update, overview_detail(
-        k, f"{k['records']:,} recommendations, {d.money(k['total_product_sales'] or 0)} in sales"
+        k,
+        f"{k['records']:,} recommendations, {d.money(k['total_product_sales'] or 0)} in sales; "
+        f"{engine_detail(update['evidence'])}",
     )
 
 
@@ -38,11 +42,11 @@ async def banking_financial_data_integration(
 async def banking_revenue_impact_calculation(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Break sales down by product type and segment."""
-    (rev,) = await gather(state, runtime, "revenue")
-    findings = number(state, AREA, d.revenue_concentration(rev))
+    """Break sales down by product type and segment; price the groups that lag."""
+    insights, problems, rev = await gather(state, runtime, INSIGHTS, QUALITY, "revenue")
+    findings = tell(state, AREA, 1, [insights, problems], d.revenue_concentration(rev))
     return {
-        "evidence": [rev],
+        "evidence": [insights, problems, rev],
         "findings": findings,
     }, f"{rev['row_count']} revenue groups, {kinds(findings)}"
 
@@ -51,10 +55,11 @@ async def banking_revenue_impact_calculation(
 async def customer_lifetime_value_impact_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Weigh balances and sales by churn probability; relate churn to satisfaction."""
-    var, churn, corr = await gather(
-        state, runtime, "value_at_risk", "churn_by_satisfaction", "correlations"
-    )
+    """Weigh balances and sales by churn; tell where churn departs and what it risks."""
+    insights, problems, var, churn, corr = await gather(
+        state, runtime, INSIGHTS, QUALITY, "value_at_risk", "churn_by_satisfaction",
+        "correlations",
+    )  # fmt: skip
     churn_pairs = {
         "rows": [
             r
@@ -63,29 +68,23 @@ async def customer_lifetime_value_impact_assessment(
         ],
         "id": corr["id"],
     }
-    found = d.value_at_risk(var) + d.churn_by_stage(var) + d.correlations(churn_pairs, limit=2)
-    findings = number(state, AREA, found)
+    found = d.value_at_risk(var) + d.correlations(churn_pairs, limit=2)
+    findings = tell(state, AREA, 2, [insights, problems], found)
     customers = sum(r["customers"] or 0 for r in var["rows"] if r["breakdown"] == "total")
     detail = f"{customers:,} customers valued, {kinds(findings)}"
-    return {"evidence": [var, churn, corr], "findings": findings}, detail
+    return {"evidence": [insights, problems, var, churn, corr], "findings": findings}, detail
 
 
 @area_step(AREA, 3)
 async def banking_portfolio_efficiency_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Compare segments' balances and conversion; size the cross-sell pool."""
-    profile, var, pool, acc = await gather(
-        state,
-        runtime,
-        "segment_profile",
-        "value_at_risk",
-        "high_affinity_unconverted",
-        "acceptance_rates",
+    """Tell where balances and values depart; size the cross-sell pool."""
+    insights, problems, profile, pool = await gather(
+        state, runtime, INSIGHTS, QUALITY, "segment_profile", "high_affinity_unconverted"
     )
-    found = d.segment_balances(var) + d.unconverted(pool) + d.lagging_cells(acc, limit=2)
-    findings = number(state, AREA, found)
-    return {"evidence": [profile, var, pool, acc], "findings": findings}, (
+    findings = tell(state, AREA, 3, [insights, problems], d.unconverted(pool))
+    return {"evidence": [insights, problems, profile, pool], "findings": findings}, (
         f"{profile['row_count']} segments, {kinds(findings)}"
     )
 

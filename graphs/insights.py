@@ -144,8 +144,8 @@ def _large_enough(measure: Measure, gap: float, standardized: float) -> bool:
     return abs(standardized) >= MIN_STANDARDIZED_GAP
 
 
-def _money(measure: Measure, part: Slice, scan: Scan, gap: float) -> float | None:
-    """What closing the slice's gap to the rest is worth, from the data; None if not money."""
+def _money(measure: Measure, part: Slice | Cell, scan: Scan, gap: float) -> float | None:
+    """What closing a slice's (or a cell's) gap is worth, from the data; None if not money."""
     if measure.unit == "money":
         return abs(gap) * part.stats[measure.name].n
     if measure.name.startswith("share_") and measure.label == f"share {ACCEPTED}":
@@ -415,7 +415,7 @@ def _cells(scan: Scan, kept: set[tuple[str, str]]) -> list[tuple[Insight, Cell]]
                 p, standardized, _ = result
                 raw = cell.stats[measure.name]
                 expected_raw = raw_fit[id(cell)]
-                money = abs(raw.mean - expected_raw) * raw.n if measure.unit == "money" else None
+                money = _money(measure, cell, scan, raw.mean - expected_raw)
                 insight = _insight(
                     "cell", measure, (first.name, first.label, cell.first_value), raw,
                     scan.totals[key].n - raw.n, expected_raw, p, standardized, money,

@@ -9,17 +9,19 @@ from langgraph.runtime import Runtime
 from graphs import detectors as d
 from graphs.areas import OPTIMIZATION as AREA
 from graphs.context import Context
+from graphs.engine import INSIGHTS, QUALITY
 from graphs.state import State
 from graphs.steps import (
     analysis_node,
     area_step,
+    engine_detail,
     gather,
     kinds,
     linear_builder,
     load_overview,
-    number,
     overview_detail,
     report_node,
+    tell,
 )
 
 
@@ -27,10 +29,12 @@ from graphs.steps import (
 async def banking_optimization_data_preparation(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Load the KPIs and distributions the optimisation starts from."""
+    """Load the KPIs and distributions; scan the scope for insights and data problems."""
     k, update, _ = await load_overview(state, runtime, AREA, "distributions")
     return update, overview_detail(
-        k, f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}"
+        k,
+        f"{k['records']:,} recommendations, acceptance {d.pct(k['acceptance_rate'] or 0)}; "
+        f"{engine_detail(update['evidence'])}",
     )
 
 
@@ -38,29 +42,22 @@ async def banking_optimization_data_preparation(
 async def financial_product_inefficiency_detection(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Find segment x product cells that lag and high-affinity leads left unconverted."""
-    acc, pool = await gather(state, runtime, "acceptance_rates", "high_affinity_unconverted")
-    found = d.lagging_cells(acc) + d.unconverted(pool)
-    findings = number(state, AREA, found)
-    cells = sum(1 for r in acc["rows"] if r["breakdown"] == "segment_product")
-    return {"evidence": [acc, pool], "findings": findings}, (
-        f"{cells} segment x product cells tested, {kinds(findings)}"
+    """Find the groups and cells that lag, and high-affinity leads left unconverted."""
+    insights, problems, pool = await gather(
+        state, runtime, INSIGHTS, QUALITY, "high_affinity_unconverted"
     )
+    findings = tell(state, AREA, 1, [insights, problems], d.unconverted(pool))
+    return {"evidence": [insights, problems, pool], "findings": findings}, kinds(findings)
 
 
 @area_step(AREA, 2)
 async def banking_correlation_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Relate acceptance to affinity, lifecycle stage and the numeric columns."""
-    corr, acc = await gather(state, runtime, "correlations", "acceptance_rates")
-    found = (
-        d.band_acceptance(acc, "affinity_band", "affinity", "affinity_acceptance")
-        + d.group_acceptance(acc, "lifecycle_stage", "lifecycle stage", "stage_acceptance")
-        + d.correlations(corr, limit=3)
-    )
-    findings = number(state, AREA, found)
-    return {"evidence": [corr, acc], "findings": findings}, (
+    """Relate acceptance to bands of the numeric columns, behaviour and correlations."""
+    insights, problems, corr = await gather(state, runtime, INSIGHTS, QUALITY, "correlations")
+    findings = tell(state, AREA, 2, [insights, problems], d.correlations(corr, limit=3))
+    return {"evidence": [insights, problems, corr], "findings": findings}, (
         f"{corr['row_count']} column pairs, {kinds(findings)}"
     )
 
@@ -69,11 +66,12 @@ async def banking_correlation_analysis(
 async def core_banking_system_integration_optimization(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Check the delivery pipeline: open backlog and conversion over time."""
-    trend, dist = await gather(state, runtime, "monthly_trend", "distributions")
-    found = d.pipeline_backlog(dist) + d.acceptance_trend(trend)
-    findings = number(state, AREA, found)
-    return {"evidence": [trend, dist], "findings": findings}, (
+    """Check the delivery pipeline: open backlog and breaks over time."""
+    insights, problems, trend, dist = await gather(
+        state, runtime, INSIGHTS, QUALITY, "monthly_trend", "distributions"
+    )
+    findings = tell(state, AREA, 3, [insights, problems], d.pipeline_backlog(dist))
+    return {"evidence": [insights, problems, trend, dist], "findings": findings}, (
         f"{trend['row_count']} months, {kinds(findings)}"
     )
 

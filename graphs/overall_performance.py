@@ -9,17 +9,19 @@ from langgraph.runtime import Runtime
 from graphs import detectors as d
 from graphs.areas import OVERALL as AREA
 from graphs.context import Context
+from graphs.engine import INSIGHTS, QUALITY
 from graphs.state import State
 from graphs.steps import (
     analysis_node,
     area_step,
+    engine_detail,
     gather,
     kinds,
     linear_builder,
     load_overview,
-    number,
     overview_detail,
     report_node,
+    tell,
 )
 
 
@@ -27,13 +29,13 @@ from graphs.steps import (
 async def banking_customer_data_initialization(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Load the portfolio's KPIs and distributions for the run's scope."""
+    """Load the KPIs and distributions; scan the scope for insights and data problems."""
     k, update, (dist,) = await load_overview(state, runtime, AREA, "distributions")
     products = sum(1 for r in dist["rows"] if r["dimension"] == "product_type")
     detail = overview_detail(
         k,
         f"{k['records']:,} recommendations, {products} product types, "
-        f"acceptance {d.pct(k['acceptance_rate'] or 0)}",
+        f"acceptance {d.pct(k['acceptance_rate'] or 0)}; {engine_detail(update['evidence'])}",
     )
     return update, detail
 
@@ -42,32 +44,25 @@ async def banking_customer_data_initialization(
 async def product_matching_performance_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Measure acceptance by affinity, score, stage and segment x product."""
-    (acc,) = await gather(state, runtime, "acceptance_rates")
-    found = (
-        d.band_acceptance(acc, "affinity_band", "affinity", "affinity_acceptance")
-        + d.band_acceptance(acc, "score_band", "recommendation score", "score_acceptance")
-        + d.group_acceptance(acc, "lifecycle_stage", "lifecycle stage", "stage_acceptance")
-        + d.lagging_cells(acc)
-    )
-    findings = number(state, AREA, found)
+    """Tell where acceptance, scores and affinity depart: slices and cells."""
+    insights, problems, acc = await gather(state, runtime, INSIGHTS, QUALITY, "acceptance_rates")
+    findings = tell(state, AREA, 1, [insights, problems])
     return {
-        "evidence": [acc],
+        "evidence": [insights, problems, acc],
         "findings": findings,
-    }, f"{acc['row_count']} groups, {kinds(findings)}"
+    }, f"{acc['row_count']} acceptance groups, {kinds(findings)}"
 
 
 @area_step(AREA, 2)
 async def banking_pattern_recognition(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Find behaviour patterns: correlations, segment balances, churn by stage."""
-    corr, profile, var = await gather(
-        state, runtime, "correlations", "segment_profile", "value_at_risk"
+    """Tell behaviour patterns: groups that depart, breaks over time, correlations."""
+    insights, problems, corr, profile = await gather(
+        state, runtime, INSIGHTS, QUALITY, "correlations", "segment_profile"
     )
-    found = d.correlations(corr) + d.segment_balances(var) + d.churn_by_stage(var)
-    findings = number(state, AREA, found)
-    return {"evidence": [corr, profile, var], "findings": findings}, (
+    findings = tell(state, AREA, 2, [insights, problems], d.correlations(corr))
+    return {"evidence": [insights, problems, corr, profile], "findings": findings}, (
         f"{corr['row_count']} column pairs, {profile['row_count']} segments, {kinds(findings)}"
     )
 

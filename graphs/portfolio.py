@@ -26,6 +26,7 @@ from graphs import (
 )
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
+from graphs.engine import INSIGHTS, QUALITY
 from graphs.report import Finding, Report
 from graphs.state import Appended
 from graphs.steps import gather
@@ -43,6 +44,8 @@ SUMMARY_STEP = "Executive Summary"
 # that no area queries anything else).
 SHARED_METRICS = (
     "kpis",
+    INSIGHTS,
+    QUALITY,
     "distributions",
     "acceptance_rates",
     "correlations",

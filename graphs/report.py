@@ -18,13 +18,32 @@ from pydantic import BaseModel, Field
 from tools.text import escape_markdown
 
 Strength = Literal["strong", "moderate", "descriptive"]
+# What produced a finding: the insight engine (a slice against the rest, a cell against
+# its margins, a break in a monthly series, a data problem) or a descriptive detector.
+FindingKind = Literal[
+    "slice",
+    "cell",
+    "shift",
+    "quality",
+    "correlation",
+    "overview",
+    "scope",
+    "revenue_top_product_type",
+    "revenue_top_segment",
+    "value_at_risk",
+    "cross_sell_pool",
+    "pipeline_backlog",
+]
 
 
 class Finding(BaseModel):
     """A claim a detector computed from evidence, with the numbers behind it."""
 
     id: str = Field(description="Stable id within the report, e.g. OPT-2")
-    kind: str = Field(description="Which detector produced it, e.g. lagging_cell")
+    kind: FindingKind = Field(description="What produced it: an insight kind or a detector")
+    measure: str = Field(
+        "", description="What it measures, e.g. share_accepted, or the check of a data problem"
+    )
     title: str
     claim: str = Field(description="The claim in one or two sentences, numbers included")
     numbers: dict[str, float] = Field(default_factory=dict, description="Numbers in the claim")
@@ -37,6 +56,9 @@ class Finding(BaseModel):
         default_factory=dict,
         description="The data values the finding is about (segment, product type, stage), "
         "as the table holds them; in the title and claim they appear quoted and escaped",
+    )
+    polarity: int = Field(
+        0, description="+1 where more of the measure is better for the bank, -1 worse, 0 unknown"
     )
 
 

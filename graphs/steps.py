@@ -26,6 +26,15 @@ from graphs.areas import FocusArea
 from graphs.compose import build_report
 from graphs.context import Context
 from graphs.detectors import SMALL_SCOPE, portfolio_overview, scope_too_small
+from graphs.engine import (
+    ENGINE_METRICS,
+    INSIGHTS,
+    QUALITY,
+    chosen,
+    findings,
+    quality_findings,
+    run_engine,
+)
 from graphs.report import Finding
 from graphs.resources import warehouse_for
 from graphs.state import InputState, OutputState, State
@@ -143,10 +152,36 @@ async def gather(
 
 
 async def _run(ctx: Context, requests: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Run metric requests as one batch in the run's scope; return their Evidence dicts."""
+    """Run metric requests in the run's scope; return their Evidence dicts, in order.
+
+    The insight engine's two (`ENGINE_METRICS`) come from one run of the engine; the
+    catalog's run as one batch.
+    """
     if not requests:
         return []
     warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
+    out: dict[int, dict[str, Any]] = {}
+    if any(m in ENGINE_METRICS for m, _ in requests):
+        with span("query:insights", "RETRIEVER") as s:
+            found = await asyncio.to_thread(run_engine, warehouse, ctx.filters())
+            if s is not None:
+                s.set_outputs({e["metric_id"]: e["row_count"] for e in found})
+        by_id = {e["metric_id"]: e for e in found}
+        out = {j: by_id[m] for j, (m, _) in enumerate(requests) if m in ENGINE_METRICS}
+    rest = [(j, r) for j, r in enumerate(requests) if j not in out]
+    for (j, _), ev in zip(
+        rest, await _run_catalog(ctx, warehouse, [r for _, r in rest]), strict=True
+    ):
+        out[j] = ev
+    return [out[j] for j in range(len(requests))]
+
+
+async def _run_catalog(
+    ctx: Context, warehouse: Any, requests: list[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Run catalog metric requests as one batch; return their Evidence dicts."""
+    if not requests:
+        return []
     batch = MetricBatch(warehouse, requests, ctx.filters(), timeout_s=ctx.query_timeout_s)
     out = []
     try:
@@ -212,26 +247,65 @@ def _params(evidence: dict[str, Any]) -> dict[str, Any]:
 async def load_overview(
     state: State, runtime: Runtime[Context], area: FocusArea, *more: str
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """Run the KPIs (and `more` metrics) for an area's first step.
+    """Run the KPIs, the insight engine (and `more` metrics) for an area's first step.
 
-    Returns the KPI row, the step's update (evidence and the portfolio overview finding)
-    and the evidence of `more`, in order.
+    Returns the KPI row, the step's update (evidence; the portfolio overview and the
+    engine's findings the first step's feeds take, the data problems) and the evidence
+    of `more`, in order.
     """
-    kpis, *rest = await gather(state, runtime, "kpis", *more)
-    evidence = [kpis, *rest]
-    findings = portfolio_overview(kpis)
+    kpis, insights, problems, *rest = await gather(state, runtime, "kpis", INSIGHTS, QUALITY, *more)
+    evidence = [kpis, insights, problems, *rest]
+    found = portfolio_overview(kpis)
     k = kpis["rows"][0]
     if (k.get("records") or 0) < SMALL_SCOPE:  # empty, or too small to compare anything
         ctx = runtime.context
         warehouse = await asyncio.to_thread(warehouse_for, ctx.warehouse)
         with span("query:scope_coverage", "RETRIEVER"):
             coverage = await asyncio.to_thread(scope_coverage, warehouse, ctx.filters())
-        taken = [int(e["id"][1:]) for e in [*state.get("evidence", []), *evidence]]
-        covered = {"id": f"E{max(taken, default=0) + 1}", **coverage.model_dump(mode="json")}
+        ids = [int(e["id"][1:]) for e in [*state.get("evidence", []), *evidence]]
+        covered = {"id": f"E{max(ids, default=0) + 1}", **coverage.model_dump(mode="json")}
         evidence.append(covered)
-        findings += scope_too_small(covered, ctx.filters().model_dump(exclude_none=True))
-    update = {"evidence": evidence, "findings": number(state, area, findings)}
+        found += scope_too_small(covered, ctx.filters().model_dump(exclude_none=True))
+    update = {"evidence": evidence, "findings": tell(state, area, 0, [insights, problems], found)}
     return k, update, rest
+
+
+def engine_detail(evidence: list[dict[str, Any]]) -> str:
+    """What the engine read and found, for a first step's detail line."""
+    insights = next(e for e in evidence if e["metric_id"] == INSIGHTS)
+    problems = next(e for e in evidence if e["metric_id"] == QUALITY)
+    read = insights.get("scanned") or {}
+    return (
+        f"{read.get('slices', 0):,} slices and {read.get('cells', 0):,} cells on "
+        f"{read.get('measures', 0)} measures scanned, {read.get('found', 0):,} insights, "
+        f"{problems['row_count']} data problems"
+    )
+
+
+def _told(finding: Finding | dict[str, Any]) -> tuple[Any, ...]:
+    f = finding if isinstance(finding, dict) else finding.model_dump()
+    return f["kind"], f.get("measure", ""), tuple(sorted((f.get("labels") or {}).items()))
+
+
+def tell(
+    state: State,
+    area: FocusArea,
+    index: int,
+    engine: list[dict[str, Any]],
+    more: list[Finding] | None = None,
+) -> list[dict[str, Any]]:
+    """Number what step `index` tells: the engine's findings it takes, then `more`.
+
+    `engine` is the engine's evidence (`INSIGHTS`, `QUALITY`); which of its findings the
+    step takes is `graphs.engine.chosen`; a finding an earlier step told is not told again.
+    """
+    told = {_told(f) for f in state.get("findings", [])}
+    candidates: list[Finding] = []
+    for ev in engine:
+        candidates += findings(ev) if ev["metric_id"] == INSIGHTS else quality_findings(ev)
+    fresh = [f for f in candidates if _told(f) not in told]
+    picked = chosen(area, area.steps[index], fresh)
+    return number(state, area, [*picked, *(more or [])])
 
 
 def overview_detail(k: dict[str, Any], text: str) -> str:
@@ -249,10 +323,10 @@ def number(state: State, area: FocusArea, findings: list[Finding]) -> list[dict[
 
 
 def kinds(findings: list[dict[str, Any]]) -> str:
-    """Summarise findings for a detail line: '2 findings (lagging_cell, correlation)'."""
+    """Summarise findings for a detail line: '2 findings (cell, correlation)'."""
     if not findings:
         return "no material finding"
-    names = ", ".join(dict.fromkeys(f["kind"].split(":")[0] for f in findings))
+    names = ", ".join(dict.fromkeys(f["kind"] for f in findings))
     return f"{len(findings)} finding{'s' if len(findings) != 1 else ''} ({names})"
 
 

@@ -9,17 +9,19 @@ from langgraph.runtime import Runtime
 from graphs import detectors as d
 from graphs.areas import STRATEGIC as AREA
 from graphs.context import Context
+from graphs.engine import INSIGHTS, QUALITY
 from graphs.state import State
 from graphs.steps import (
     analysis_node,
     area_step,
+    engine_detail,
     gather,
     kinds,
     linear_builder,
     load_overview,
-    number,
     overview_detail,
     report_node,
+    tell,
 )
 
 
@@ -27,11 +29,13 @@ from graphs.steps import (
 async def banking_technology_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Load the portfolio context: KPIs and distributions."""
+    """Load the portfolio context; scan the scope for insights and data problems."""
     k, update, _ = await load_overview(state, runtime, AREA, "distributions")
     score = k["avg_recommendation_score"]
     return update, overview_detail(
-        k, f"{k['records']:,} recommendations, average score {score or 0:.2f}"
+        k,
+        f"{k['records']:,} recommendations, average score {score or 0:.2f}; "
+        f"{engine_detail(update['evidence'])}",
     )
 
 
@@ -39,28 +43,23 @@ async def banking_technology_assessment(
 async def financial_services_competitive_advantage_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Test whether personalised scores and affinity predict acceptance."""
-    (acc,) = await gather(state, runtime, "acceptance_rates")
-    found = d.band_acceptance(
-        acc, "score_band", "recommendation score", "score_acceptance"
-    ) + d.band_acceptance(acc, "affinity_band", "affinity", "affinity_acceptance")
-    findings = number(state, AREA, found)
-    if not found:
-        detail = "personalisation shows no material effect on acceptance"
-    else:
-        detail = f"{kinds(findings)}"
-    return {"evidence": [acc], "findings": findings}, detail
+    """Test whether bands of score and affinity tell acceptance apart."""
+    insights, problems, acc = await gather(state, runtime, INSIGHTS, QUALITY, "acceptance_rates")
+    findings = tell(state, AREA, 1, [insights, problems])
+    detail = kinds(findings) if findings else "personalisation shows no material effect"
+    return {"evidence": [insights, problems, acc], "findings": findings}, detail
 
 
 @area_step(AREA, 2)
 async def emerging_fintech_integration(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Read adoption over time and the open pipeline an integration would speed up."""
-    trend, dist = await gather(state, runtime, "monthly_trend", "distributions")
-    found = d.acceptance_trend(trend) + d.pipeline_backlog(dist)
-    findings = number(state, AREA, found)
-    return {"evidence": [trend, dist], "findings": findings}, (
+    """Read adoption over time and by group, and the open pipeline."""
+    insights, problems, trend, dist = await gather(
+        state, runtime, INSIGHTS, QUALITY, "monthly_trend", "distributions"
+    )
+    findings = tell(state, AREA, 2, [insights, problems], d.pipeline_backlog(dist))
+    return {"evidence": [insights, problems, trend, dist], "findings": findings}, (
         f"{trend['row_count']} months, {kinds(findings)}"
     )
 
@@ -69,15 +68,10 @@ async def emerging_fintech_integration(
 async def digital_banking_strategy_development(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
-    """Prioritise by adoption per lifecycle stage, churn risk and lagging offers."""
-    acc, var = await gather(state, runtime, "acceptance_rates", "value_at_risk")
-    found = (
-        d.group_acceptance(acc, "lifecycle_stage", "lifecycle stage", "stage_acceptance")
-        + d.churn_by_stage(var)
-        + d.lagging_cells(acc, limit=2)
-    )
-    findings = number(state, AREA, found)
-    return {"evidence": [acc, var], "findings": findings}, kinds(findings)
+    """Prioritise by where behaviour departs: churn, satisfaction, balances, activity."""
+    insights, problems, var = await gather(state, runtime, INSIGHTS, QUALITY, "value_at_risk")
+    findings = tell(state, AREA, 3, [insights, problems])
+    return {"evidence": [insights, problems, var], "findings": findings}, kinds(findings)
 
 
 ai_banking_strategic_processing = analysis_node(AREA, 4)

@@ -267,16 +267,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measured(value: float, unit: str) -> str:
-    from graphs.detectors import money, pct
-
-    if unit == "share":
-        return pct(value)
-    if unit == "money":
-        return money(value)
-    return f"{value:,.3g}"
-
-
 def _where(insight: Any) -> str:
     if insight.kind == "shift":
         return f"from {insight.value}"
@@ -312,6 +302,7 @@ def cmd_insights(args: argparse.Namespace) -> int:
     """Print what the insight engine finds: data problems, then insights by impact."""
     import dataclasses
 
+    from graphs.engine import measured
     from graphs.insights import MIN_GROUP, find
     from tools.scans import quality, scan
 
@@ -350,8 +341,8 @@ def cmd_insights(args: argparse.Namespace) -> int:
     for rank, i in enumerate(shown, start=1):
         money = f"  worth ${i.money:,.0f}" if i.money else ""
         _out(
-            f"{rank:>3}. {_where(i)}: {clip(i.measure_label, 60)} {_measured(i.value_in, i.unit)} "
-            f"against {_measured(i.value_rest, i.unit)} "
+            f"{rank:>3}. {_where(i)}: {clip(i.measure_label, 60)} {measured(i.value_in, i.unit)} "
+            f"against {measured(i.value_rest, i.unit)} "
             f"({'predicted' if i.kind == 'cell' else 'before' if i.kind == 'shift' else 'the rest'}"
             f"), n = {i.n:,}, q = {i.q:.1g}{money}"
         )
@@ -648,7 +639,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run the eval suite, print its scores and fail when one is under its threshold."""
     # The eval suite sits above the service; the command line is where it is entered.
-    from evals.runner import THRESHOLDS, evaluate, render
+    from evals.runner import THRESHOLDS, evaluate, render, render_summary, summarize
     from evals.scenarios import SCENARIOS
     from graphs.models import UnknownModel, check_model
 
@@ -665,13 +656,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     outcomes, run_id = evaluate(
         args.model, args.focus or (), args.scenario or (), judge=args.judge or ""
     )
-    _out(render(outcomes))
+    suite = summarize(outcomes)
+    if args.runs:
+        _out(render(outcomes) + "\n")
+    _out(render_summary(suite))
     failed = [o for o in outcomes if o.failures]
+    for o in failed:
+        _out(f"FAIL {o.focus} on {o.scenario}: {'; '.join(o.failures)}")
+    below = len(failed) + len(suite.failures)
     _out(
         f"\nMLflow run {run_id} (experiment finmatch-evals); thresholds in {THRESHOLDS.name}: "
-        + (f"{len(failed)} of {len(outcomes)} below" if failed else "all met")
+        + (f"{below} below" if below else "all met")
     )
-    return EXIT_ERROR if failed else 0
+    return EXIT_ERROR if below else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -1156,16 +1153,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="run the eval suite (scenarios x focus areas) and check the thresholds",
-        description="Run every focus area on generated tables with known truth, score the "
-        "runs (steps, planted-finding recall, invented findings, grounding, sections, guard, "
-        "latency, tokens) with mlflow.genai.evaluate, log them to MLflow and exit 1 when a "
-        "score is under its threshold (evals/thresholds.json).",
+        description="Run every focus area on planted tables (one pattern written in by SQL, "
+        "or nothing: shuffled columns, uniform values) whose truth is read back by SQL; score "
+        "each report on whether a statement names the planted entity and measure with its "
+        "number, what it invents, grounding, steps, sections and guard, with "
+        "mlflow.genai.evaluate; print recall, invented and grounding per scenario, log to "
+        "MLflow and exit 1 when a threshold is missed (evals/thresholds.json).",
     )
     p.add_argument("--model", default="offline", help="model name (default offline)")
     p.add_argument(
         "--focus", nargs="+", choices=list(FOCUS_AREAS), help="focus areas (default all)"
     )
     p.add_argument("--scenario", nargs="+", metavar="NAME", help="scenarios (default all)")
+    p.add_argument(
+        "--runs", action="store_true", help="also print the scores of every area x scenario"
+    )
     p.add_argument(
         "--judge",
         metavar="MODEL_URI",

@@ -15,6 +15,6 @@ def inventing(ctx: Any) -> BaseChatModel:
     """Factory: an Overall Performance analyst that writes a number no evidence holds."""
     sections = [
         (title, "Conversions rose by 73.15% after the campaign, a figure we made up.")
-        for title in FOCUS_AREAS["overall-performance"].sections
+        for title in FOCUS_AREAS["overall-performance"].titles
     ]
     return ScriptedChatModel(replies=[answer("Conversions rose by 73.15%", sections, [])])

@@ -45,7 +45,7 @@ def run(path: Path, **context: Any) -> dict[str, Any]:
 
 
 def sections(body: str) -> list[tuple[str, str]]:
-    return [(t, body) for t in OPTIMIZATION.sections]
+    return [(t, body) for t in OPTIMIZATION.titles]
 
 
 def test_tool_calls_become_evidence_within_the_budget(large_path: Path, use: Any) -> None:

@@ -13,7 +13,7 @@ from graphs.report import Finding, Report, check_grounding, grounding_pool, narr
 def state(headline: str, body: str) -> dict[str, Any]:
     finding = Finding(
         id="OPT-1",
-        kind="lagging_cell",
+        kind="cell",
         title="Small Business customers offered Personal Loan rarely accept",
         claim="Only 15.1% of 364 recommendations are accepted.",
         numbers={"rate": 0.1510989, "records": 364},
@@ -34,7 +34,7 @@ def state(headline: str, body: str) -> dict[str, Any]:
         "truncated": False,
         "elapsed_ms": 1.0,
     }
-    sections = [{"title": t, "body": body} for t in OPTIMIZATION.sections]
+    sections = [{"title": t, "body": body} for t in OPTIMIZATION.titles]
     return {
         "findings": [finding.model_dump()],
         "evidence": [evidence],
@@ -75,7 +75,7 @@ def test_a_grounded_report_has_nothing_flagged() -> None:
     )
     report = Report(**update["report"])
     assert report.ungrounded == [] and report.unknown_finding_ids == []
-    assert report.numbers_checked == len(OPTIMIZATION.sections) + 1
+    assert report.numbers_checked == len(OPTIMIZATION.titles) + 1
     assert "Grounding check" not in report.markdown()
 
 

@@ -185,4 +185,4 @@ def test_the_question_is_repeated_as_words_not_as_markdown(large_path: Path) -> 
     assert 'Question asked: "why? ' in body  # on one line, in quotes
     assert "\n#" not in body and "\n1." not in body  # no heading, no list of its own
     assert re.search(r"(?<!\\)[\[\]*]", body.split("Question asked:")[1]) is None  # escaped
-    assert OPTIMIZATION.sections[0] == out["report"]["sections"][0]["title"]
+    assert OPTIMIZATION.titles[0] == out["report"]["sections"][0]["title"]

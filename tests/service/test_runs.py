@@ -184,7 +184,7 @@ def test_a_killed_process_resumes_in_a_new_one(large_path: Path, tmp_path: Path)
     assert _starts(second.stderr) == STEPS[4:]
     report = json.loads(second.stdout)
     assert report["thread_id"] == "t-k" and report["focus_area"] == FOCUS
-    assert report["headline"].startswith('"Small Business" customers offered "Personal Loan"')
+    assert report["headline"].startswith('The share "Accepted" is lower for ')
 
 
 def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
@@ -198,9 +198,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
                 AIMessage(
                     "", tool_calls=[tool_call("run_catalog_metric", {"metric_id": "revenue"}, "c1")]
                 ),
-                answer(
-                    "Small Business lags [OPT-2].", [(t, "x") for t in OPTIMIZATION.sections], []
-                ),
+                answer("Small Business lags [OPT-2].", [(t, "x") for t in OPTIMIZATION.titles], []),
             ]
         )
     )
@@ -224,9 +222,7 @@ def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
     assert names[0] == f"finmatch:{FOCUS}"
     for step in OPTIMIZATION.steps:
         assert step.name in names
-    assert {"query:kpis", "query:acceptance_rates", "model", "tool:run_catalog_metric"} <= set(
-        names
-    )
+    assert {"query:kpis", "query:insights", "model", "tool:run_catalog_metric"} <= set(names)
     assert names.count("model") == 2
     model = next(s for s in trace.data.spans if s.name == "model")
     assert "senior retail-banking analyst" in json.dumps(model.inputs["messages"])
@@ -503,7 +499,7 @@ def test_a_traced_cli_run_leaves_its_whole_trace_in_the_store(
     names = [s.name for s in trace.data.spans]
     assert names[0] == f"finmatch:{FOCUS}"
     assert all(step.name in names for step in OPTIMIZATION.steps)
-    assert "query:acceptance_rates" in names
+    assert "query:insights" in names
     step = next(s for s in trace.data.spans if s.name == OPTIMIZATION.steps[0].name)
     assert _parent(trace, step).name == names[0]
     assert step.end_time_ns > step.start_time_ns >= trace.data.spans[0].start_time_ns
