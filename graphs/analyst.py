@@ -139,7 +139,7 @@ def offline_analysis(area: FocusArea, findings: list[Finding], question: str) ->
     for spec in area.sections[1:]:
         picked = by_feeds(spec.feeds, ordered)
         if picked:
-            lines = [f"- **{f.title}** [{f.id}]: {f.claim}" for f in picked[:SECTION_FINDINGS]]
+            lines = [f"- {f.claim} [{f.id}]" for f in picked[:SECTION_FINDINGS]]
             if len(picked) > SECTION_FINDINGS:
                 lines.append("- More are listed under Findings below.")
             body = "\n".join(lines)

@@ -184,7 +184,9 @@ def test_a_killed_process_resumes_in_a_new_one(large_path: Path, tmp_path: Path)
     assert _starts(second.stderr) == STEPS[4:]
     report = json.loads(second.stdout)
     assert report["thread_id"] == "t-k" and report["focus_area"] == FOCUS
-    assert report["headline"].startswith('The share "Accepted" is lower for ')
+    assert (
+        report["headline"].startswith('The share "Accepted" is ') and "[OPT-" in report["headline"]
+    )
 
 
 def test_a_run_records_one_trace_with_step_query_model_and_tool_spans(
