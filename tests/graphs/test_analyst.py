@@ -17,10 +17,10 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from graphs import optimization_opportunities
-from graphs.analyst import DIGEST_ROWS, evidence_digest, prompt
 from graphs.areas import OPTIMIZATION
 from graphs.context import Context
 from graphs.models import ModelError
+from graphs.prompts import DIGEST_ROWS, evidence_digest, prompt
 from graphs.report import Report
 from tests.graphs import scripted
 from tests.graphs.scripted import ScriptedChatModel, answer, tool_call

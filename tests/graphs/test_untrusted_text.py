@@ -14,10 +14,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from graphs.analyst import prompt
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.portfolio import graph as portfolio
+from graphs.prompts import prompt
 from tools.agent_tools import build_tools
 from tools.metrics import Filters
 from tools.text import clip, quote
