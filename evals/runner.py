@@ -94,7 +94,7 @@ def run_case(
     filters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one focus area's graph to its end; return what the scorers read."""
-    from graphs.portfolio import AREA_GRAPHS
+    from graphs.registry import AREA_GRAPHS
 
     scope: dict[str, Any] = dict(filters or {})
     context = Context(warehouse=f"duckdb:///{warehouse}", model=model, **scope)

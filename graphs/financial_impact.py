@@ -25,7 +25,7 @@ from graphs.steps import (
 )
 
 
-@area_step(AREA, 0)
+@area_step(AREA)
 async def banking_financial_data_integration(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -38,7 +38,7 @@ async def banking_financial_data_integration(
     )
 
 
-@area_step(AREA, 1)
+@area_step(AREA)
 async def banking_revenue_impact_calculation(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -51,7 +51,7 @@ async def banking_revenue_impact_calculation(
     }, f"{rev['row_count']} revenue groups, {kinds(findings)}"
 
 
-@area_step(AREA, 2)
+@area_step(AREA)
 async def customer_lifetime_value_impact_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -75,7 +75,7 @@ async def customer_lifetime_value_impact_assessment(
     return {"evidence": [insights, problems, var, churn, corr], "findings": findings}, detail
 
 
-@area_step(AREA, 3)
+@area_step(AREA)
 async def banking_portfolio_efficiency_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -89,9 +89,9 @@ async def banking_portfolio_efficiency_analysis(
     )
 
 
-ai_banking_financial_modeling = analysis_node(AREA, 4)
+ai_banking_financial_modeling = analysis_node(AREA)
 
-banking_economics_report_generation = report_node(AREA, 5)
+banking_economics_report_generation = report_node(AREA)
 
 builder = linear_builder(
     AREA,

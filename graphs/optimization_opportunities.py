@@ -25,7 +25,7 @@ from graphs.steps import (
 )
 
 
-@area_step(AREA, 0)
+@area_step(AREA)
 async def banking_optimization_data_preparation(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -38,7 +38,7 @@ async def banking_optimization_data_preparation(
     )
 
 
-@area_step(AREA, 1)
+@area_step(AREA)
 async def financial_product_inefficiency_detection(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -50,7 +50,7 @@ async def financial_product_inefficiency_detection(
     return {"evidence": [insights, problems, pool], "findings": findings}, kinds(findings)
 
 
-@area_step(AREA, 2)
+@area_step(AREA)
 async def banking_correlation_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -62,7 +62,7 @@ async def banking_correlation_analysis(
     )
 
 
-@area_step(AREA, 3)
+@area_step(AREA)
 async def core_banking_system_integration_optimization(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -76,9 +76,9 @@ async def core_banking_system_integration_optimization(
     )
 
 
-ai_banking_optimization_intelligence = analysis_node(AREA, 4)
+ai_banking_optimization_intelligence = analysis_node(AREA)
 
-banking_strategy_finalization = report_node(AREA, 5)
+banking_strategy_finalization = report_node(AREA)
 
 builder = linear_builder(
     AREA,

@@ -25,7 +25,7 @@ from graphs.steps import (
 )
 
 
-@area_step(AREA, 0)
+@area_step(AREA)
 async def banking_customer_data_initialization(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -40,7 +40,7 @@ async def banking_customer_data_initialization(
     return update, detail
 
 
-@area_step(AREA, 1)
+@area_step(AREA)
 async def product_matching_performance_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -53,7 +53,7 @@ async def product_matching_performance_assessment(
     }, f"{acc['row_count']} acceptance groups, {kinds(findings)}"
 
 
-@area_step(AREA, 2)
+@area_step(AREA)
 async def banking_pattern_recognition(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -67,9 +67,9 @@ async def banking_pattern_recognition(
     )
 
 
-ai_banking_intelligence_processing = analysis_node(AREA, 3)
+ai_banking_intelligence_processing = analysis_node(AREA)
 
-financial_services_report_compilation = report_node(AREA, 4)
+financial_services_report_compilation = report_node(AREA)
 
 builder = linear_builder(
     AREA,

@@ -18,26 +18,15 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
-from graphs import (
-    financial_impact,
-    optimization_opportunities,
-    overall_performance,
-    strategic_recommendations,
-)
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
 from graphs.engine import INSIGHTS, QUALITY
+from graphs.registry import AREA_GRAPHS
 from graphs.report import Finding, Report
 from graphs.state import Appended
 from graphs.steps import gather
 from graphs.tracing import span
 
-AREA_GRAPHS = {
-    "overall-performance": overall_performance.graph,
-    "optimization-opportunities": optimization_opportunities.graph,
-    "financial-impact": financial_impact.graph,
-    "strategic-recommendations": strategic_recommendations.graph,
-}
 SHARED_STEP = "Portfolio Data Preparation"
 SUMMARY_STEP = "Executive Summary"
 # What the four areas' data steps read: gathered once, shared by all four (a test checks

@@ -50,13 +50,18 @@ def snake(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").split())
 
 
-def area_step(area: FocusArea, index: int) -> Callable[[StepBody], Node]:
-    """Wrap a step body as the node for `area.steps[index]`."""
-    name = area.steps[index].name
+def area_step(area: FocusArea) -> Callable[[StepBody], Node]:
+    """Wrap a step body as the node of the step of `area` it is named after."""
 
     def wrap(body: StepBody) -> Node:
-        if body.__name__ != snake(name):
-            raise ValueError(f"step function {body.__name__} should be named {snake(name)}")
+        names = [snake(s.name) for s in area.steps]
+        if body.__name__ not in names:
+            raise ValueError(
+                f"step function {body.__name__} is named after no step of {area.name}; "
+                f"name it one of: {', '.join(names)}"
+            )
+        index = names.index(body.__name__)
+        name = area.steps[index].name
 
         async def node(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             writer = runtime.stream_writer
@@ -347,20 +352,22 @@ def linear_builder(area: FocusArea, nodes: list[Node]) -> StateGraph[Any, Any, A
     return builder
 
 
-def analysis_node(area: FocusArea, index: int) -> Node:
-    """Return the AI step of `area`: the selected model writes narrative and actions."""
+def analysis_node(area: FocusArea) -> Node:
+    """Return the AI step of `area` (its next to last): the model writes narrative and actions."""
+    step = area.steps[-2]
 
     async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
         evidence = await with_rows(state.get("evidence", []), runtime)
         return await analyse(area, {**state, "evidence": evidence}, runtime.context)
 
-    body.__name__ = snake(area.steps[index].name)
-    body.__doc__ = f"{area.steps[index].description}."
-    return area_step(area, index)(body)
+    body.__name__ = snake(step.name)
+    body.__doc__ = f"{step.description}."
+    return area_step(area)(body)
 
 
-def report_node(area: FocusArea, index: int) -> Node:
-    """Return the report step of `area`: build the Report and check its grounding."""
+def report_node(area: FocusArea) -> Node:
+    """Return the report step of `area` (its last): build the Report, check its grounding."""
+    step = area.steps[-1]
 
     async def body(state: State, runtime: Runtime[Context]) -> tuple[dict[str, Any], str]:
         # Composing and checking the report is CPU work (tens of ms): off the event loop,
@@ -370,6 +377,6 @@ def report_node(area: FocusArea, index: int) -> Node:
             build_report, area, {**state, "evidence": evidence}, runtime.context
         )
 
-    body.__name__ = snake(area.steps[index].name)
-    body.__doc__ = f"{area.steps[index].description}."
-    return area_step(area, index)(body)
+    body.__name__ = snake(step.name)
+    body.__doc__ = f"{step.description}."
+    return area_step(area)(body)

@@ -25,7 +25,7 @@ from graphs.steps import (
 )
 
 
-@area_step(AREA, 0)
+@area_step(AREA)
 async def banking_technology_assessment(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -39,7 +39,7 @@ async def banking_technology_assessment(
     )
 
 
-@area_step(AREA, 1)
+@area_step(AREA)
 async def financial_services_competitive_advantage_analysis(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -50,7 +50,7 @@ async def financial_services_competitive_advantage_analysis(
     return {"evidence": [insights, problems, acc], "findings": findings}, detail
 
 
-@area_step(AREA, 2)
+@area_step(AREA)
 async def emerging_fintech_integration(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -64,7 +64,7 @@ async def emerging_fintech_integration(
     )
 
 
-@area_step(AREA, 3)
+@area_step(AREA)
 async def digital_banking_strategy_development(
     state: State, runtime: Runtime[Context]
 ) -> tuple[dict[str, Any], str]:
@@ -74,9 +74,9 @@ async def digital_banking_strategy_development(
     return {"evidence": [insights, problems, var], "findings": findings}, kinds(findings)
 
 
-ai_banking_strategic_processing = analysis_node(AREA, 4)
+ai_banking_strategic_processing = analysis_node(AREA)
 
-digital_banking_report_generation = report_node(AREA, 5)
+digital_banking_report_generation = report_node(AREA)
 
 builder = linear_builder(
     AREA,

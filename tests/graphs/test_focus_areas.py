@@ -14,7 +14,7 @@ import pytest
 
 from graphs.areas import FOCUS_AREAS
 from graphs.context import Context
-from graphs.portfolio import AREA_GRAPHS
+from graphs.registry import AREA_GRAPHS
 from graphs.report import Report
 from tests.conftest import frame
 
@@ -62,6 +62,33 @@ def test_node_names_are_the_documented_steps_in_order() -> None:
     for slug, graph in AREA_GRAPHS.items():
         nodes = [n for n in graph.get_graph().nodes if not n.startswith("__")]
         assert nodes == documented[FOCUS_AREAS[slug].name], slug
+
+
+def test_every_focus_area_is_a_spec_and_a_module_studio_lists() -> None:
+    from graphs.registry import module_of
+
+    studio = json.loads((Path(__file__).parents[2] / "langgraph.json").read_text())["graphs"]
+    assert set(AREA_GRAPHS) == set(FOCUS_AREAS)
+    for slug in FOCUS_AREAS:
+        assert studio[slug]["path"] == f"{module_of(slug)}:graph", slug
+        assert AREA_GRAPHS[slug].name == slug
+
+
+def test_a_step_function_is_placed_by_its_name() -> None:
+    from graphs.areas import OVERALL
+    from graphs.steps import area_step
+
+    async def banking_pattern_recognition(state: Any, runtime: Any) -> Any:
+        """Stand-in body."""
+
+    node = area_step(OVERALL)(banking_pattern_recognition)
+    assert node.__name__ == "banking_pattern_recognition"
+
+    async def pattern_recognition(state: Any, runtime: Any) -> Any:
+        """Named after no step."""
+
+    with pytest.raises(ValueError, match="named after no step of Overall Performance; name it"):
+        area_step(OVERALL)(pattern_recognition)
 
 
 def insight(out: dict[str, Any], kind: str, measure: str, **labels: str) -> dict[str, Any]:
