@@ -276,33 +276,11 @@ def _where(insight: Any) -> str:
     return where
 
 
-def _problems(found: Any) -> list[str]:
-    told = [
-        f"{n:,} {what}"
-        for n, what in (
-            (found.accepted_without_sale, "accepted recommendations without a sale"),
-            (found.sale_without_acceptance, "sales without an accepted recommendation"),
-            (found.sale_before_recommendation, "sales dated before their recommendation"),
-            (found.conflicting_customers, "customers with conflicting profiles"),
-            *((n, f"values of {c} out of range") for c, n in found.out_of_range.items()),
-        )
-        if n
-    ]
-    if found.outliers:
-        share = found.outlier_sales / found.sales_total if found.sales_total else 0.0
-        told.append(
-            f"{found.outliers:,} outlying sales hold {share:.1%} of the "
-            f"${found.sales_total:,.0f} of sales (${found.sales_total - found.outlier_sales:,.0f} "
-            "without them)"
-        )
-    return told
-
-
 def cmd_insights(args: argparse.Namespace) -> int:
     """Print what the insight engine finds: data problems, then insights by impact."""
     import dataclasses
 
-    from graphs.engine import measured
+    from graphs.engine import measured, quality_findings, quality_rows
     from graphs.insights import MIN_GROUP, find
     from tools.scans import quality, scan
 
@@ -335,8 +313,9 @@ def cmd_insights(args: argparse.Namespace) -> int:
             f"{MIN_GROUP} on each side of a comparison. Widen the scope."
         )
         return 0
-    told = _problems(problems)
-    _out("Data: " + ("; ".join(told) if told else "no problems found"))
+    # The problems as the reports state them (one sentence a check), on one line each.
+    told = [f.claim for f in quality_findings({"id": "", "rows": quality_rows(problems)})]
+    _out("Data: " + (" ".join(told) if told else "no problems found"))
     _out("")
     for rank, i in enumerate(shown, start=1):
         money = f"  worth ${i.money:,.0f}" if i.money else ""
